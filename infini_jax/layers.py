@@ -1,0 +1,100 @@
+"""Llama building blocks with nanotron's numerics: parameters, RMSNorm, rotary embeddings, SwiGLU MLP.
+
+Letter legend: B batch, S sequence, L segment length, N query heads, K kv heads, G = N / K query heads per
+kv head, D head dim, H hidden, I intermediate (MLP), V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from infini_jax.config import ModelConfig
+
+Initializer = nnx.initializers.Initializer
+
+
+def param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
+    """An ``nnx.Param`` annotated with logical axis names (``embed``, ``heads``, ``kv_heads``, ...).
+
+    The names are mapped to mesh axes by the rules in ``infini_jax.sharding``; no eager sharding here,
+    so a model can be built on one device or abstractly under ``nnx.eval_shape``.
+    """
+    value = init(rngs.params(), shape, dtype)
+    return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+
+
+def matmul_precision(cfg: ModelConfig):
+    """Full fp32 matmuls when computing in fp32 (no TF32 on GPU); default (fast) precision otherwise."""
+    return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else None
+
+
+class RMSNorm(nnx.Module):
+    """nanotron's (flash-attn Triton) RMSNorm: ``(x_f32 * rstd) * w_f32`` rounded once to ``dtype``.
+
+    Note the weight is applied in fp32 *before* rounding (Hugging Face Llama rounds first).
+    """
+
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.weight = param(rngs, nnx.initializers.ones, (size,), param_dtype, ("norm",))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., H] -> [..., H] in ``dtype``."""
+        xf = x.astype(jnp.float32)
+        rstd = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return ((xf * rstd) * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
+    """inv_freq[i] = 1 / theta^(2i / D), fp32, shape [D/2] (flash-attn ``RotaryEmbedding``)."""
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    return 1.0 / (jnp.float32(theta) ** exponent)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float, interleaved: bool) -> jax.Array:
+    """Rotary embedding as flash-attn applies it.
+
+    x: [B, S, heads, D]; positions: [B, S] integer positions (segment-local in Infini-Attention).
+    cos/sin are computed in fp32, rounded to x's dtype (as flash-attn's cached tables are), the rotation
+    is done in fp32 and the result rounded once to x's dtype. ``interleaved`` rotates GPT-J pairs
+    (2i, 2i+1); otherwise GPT-NeoX/HF pairs (i, i + D/2).
+    """
+    dtype = x.dtype
+    inv_freq = rope_frequencies(x.shape[-1], theta)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
+    cos = jnp.cos(angles).astype(dtype).astype(jnp.float32)[:, :, None, :]
+    sin = jnp.sin(angles).astype(dtype).astype(jnp.float32)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    if interleaved:
+        x1, x2 = xf[..., 0::2], xf[..., 1::2]
+        out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(xf.shape)
+    else:
+        half = xf.shape[-1] // 2
+        x1, x2 = xf[..., :half], xf[..., half:]
+        out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(x W_gate) * (x W_up))``; nanotron fuses gate and up as ``gate_up_proj``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, std: float = 0.02, out_std: float = 0.02):
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        pd = cfg.storage_dtype
+        self.gate_proj = param(rngs, nnx.initializers.normal(std), (h, i), pd, ("embed", "mlp"))
+        self.up_proj = param(rngs, nnx.initializers.normal(std), (h, i), pd, ("embed", "mlp"))
+        self.down_proj = param(rngs, nnx.initializers.normal(out_std), (i, h), pd, ("mlp", "embed"))
+        self.dtype = cfg.compute_dtype
+        self.precision = matmul_precision(cfg)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, S, H] -> [B, S, H]."""
+        dt, pr = self.dtype, self.precision
+        x = x.astype(dt)
+        gate = jnp.einsum("bsh,hi->bsi", x, self.gate_proj[...].astype(dt), precision=pr)
+        up = jnp.einsum("bsh,hi->bsi", x, self.up_proj[...].astype(dt), precision=pr)
+        hidden = (jax.nn.silu(gate.astype(jnp.float32)).astype(dt) * up).astype(dt)
+        return jnp.einsum("bsi,ih->bsh", hidden, self.down_proj[...].astype(dt), precision=pr)
