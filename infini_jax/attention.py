@@ -162,7 +162,8 @@ class InfiniAttention(nnx.Module):
         state = mem.MemoryState(cache.M, cache.z)
         if cfg.turn_on_memory:
             seg_ids = seg_start + jnp.arange(c)
-            has_memory = jnp.broadcast_to(seg_ids[None, :] > 0, (b, c))
+            # Segments folded before segment s: min(s, last_seg) (a row folds only up to its last segment).
+            has_memory = jnp.minimum(seg_ids[None, :], last_seg[:, None]) > 0
             folded = (seg_ids[None, :] < last_seg[:, None]).astype(jnp.float32)
             w = weight.reshape(b, c, seg).astype(jnp.float32) * folded[:, :, None]
             sdt = cfg.state_dtype

@@ -81,8 +81,10 @@ def write_memory(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: j
         _mm("btkd,bkd->btk", sigma_k, state.z, dt)[..., None],
         has_memory[:, None, None, None],
     )
-    v_delta = (v.astype(dt) - retrieved).astype(dt)
-    weighted_k = (sigma_k * weight[:, :, None, None].astype(dt)).astype(dt)
+    # Tokens with weight 0 (padding) must not touch the state, even if their values are not finite.
+    written = (weight > 0)[:, :, None, None]
+    v_delta = jnp.where(written, (v.astype(dt) - retrieved).astype(dt), 0)
+    weighted_k = jnp.where(written, sigma_k * weight[:, :, None, None].astype(dt), 0).astype(dt)
     M = (state.M + _mm("btkd,btke->bkde", weighted_k, v_delta, dt)).astype(dt)
     z = (state.z + jnp.sum(weighted_k.astype(jnp.float32), axis=1).astype(dt)).astype(dt)
     return MemoryState(M=M, z=z)

@@ -127,9 +127,13 @@ class InfiniLlama(nnx.Module):
         )
         return self.logits(hidden[:, :s])
 
-    def prefill(self, input_ids: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ModelCache]:
+    def prefill(self, input_ids: jax.Array, lengths: jax.Array, *,
+                chunk_segments: int | None = None) -> tuple[jax.Array, ModelCache]:
         """Prompts right-padded to a multiple of L. input_ids: [B, P]; lengths: [B] (>= 1).
 
+        With ``chunk_segments`` the prompt streams through the model ``chunk_segments * L`` tokens at a
+        time (a ``lax.scan`` carrying the per-layer memory): device memory then depends on the chunk, not
+        on P (P must be a multiple of the chunk). Only the last real position's hidden state is kept.
         Returns fp32 logits [B, V] at each row's last real token and the cache to decode from.
         """
         b, p = input_ids.shape
@@ -138,8 +142,30 @@ class InfiniLlama(nnx.Module):
             raise ValueError(f"prefill needs a padded length that is a multiple of {seg}, got {p}.")
         lengths = lengths.astype(jnp.int32)
         last_seg = (lengths - 1) // seg
-        hidden, layers = self.run_chunk(input_ids, init_cache(self.cfg, b), seg_start=0, last_seg=last_seg)
-        last_hidden = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+        chunk = seg * chunk_segments if chunk_segments else p
+        if p % chunk:
+            raise ValueError(f"Padded length {p} is not a multiple of the prefill chunk {chunk}.")
+        n_chunks = p // chunk
+        cache = init_cache(self.cfg, b)
+        last_hidden = jnp.zeros((b, self.cfg.hidden_size), self.cfg.compute_dtype)
+
+        def body(carry, xs):
+            layers, last_h = carry
+            chunk_ids, index = xs
+            start = index * chunk
+            hidden, layers = self.run_chunk(chunk_ids, ModelCache(layers, lengths),
+                                            seg_start=index * chunk_segments if chunk_segments else 0,
+                                            last_seg=last_seg)
+            local = lengths - 1 - start
+            inside = (local >= 0) & (local < chunk)
+            picked = jnp.take_along_axis(hidden, jnp.clip(local, 0, chunk - 1)[:, None, None], axis=1)[:, 0]
+            return (layers, jnp.where(inside[:, None], picked, last_h)), None
+
+        if n_chunks == 1:
+            (layers, last_hidden), _ = body((cache.layers, last_hidden), (input_ids, jnp.int32(0)))
+        else:
+            xs = (jnp.moveaxis(input_ids.reshape(b, n_chunks, chunk), 1, 0), jnp.arange(n_chunks))
+            (layers, last_hidden), _ = jax.lax.scan(body, (cache.layers, last_hidden), xs)
         return self.logits(last_hidden), ModelCache(layers=layers, positions=lengths)
 
     def decode_step(self, tokens: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
