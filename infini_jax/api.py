@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from infini_jax import checkpoint
+from infini_jax import checkpoint, sharding
 from infini_jax.config import ModelConfig
 from infini_jax.model import InfiniLlama
 from infini_jax.weights import model_from_state
@@ -45,7 +45,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, *, dtype=None, param_dtype=None, place=None, shardings=None,
-               segment_length: int | None = None, **overrides) -> InfiniLlama:
+               segment_length: int | None = None, mesh=None, rules=None, **overrides) -> InfiniLlama:
     """Loads an Infini-Attention Llama.
 
     path: a nanotron checkpoint directory (converted in memory, nothing written), a converted directory
@@ -53,16 +53,28 @@ def load_model(path: str | Path, *, dtype=None, param_dtype=None, place=None, sh
     dtype: compute dtype ("float32" for exact checks, "bfloat16" on GPU); param_dtype: storage dtype.
     overrides: other ModelConfig numerics, e.g. ``memory_query="unrotated"``, ``memory_dtype``.
     ``place`` / ``shardings``: put parameters straight into their shards (see ``infini_jax.sharding``).
+    ``mesh`` (``infini_jax.sharding.make_mesh``): does that for you with the logical ``rules`` (default
+    ``sharding.DEFAULT_RULES``): weights split over the mesh's "model" axis, replicated over "data".
     The returned model maps ``input_ids [B, S]`` to float32 logits ``[B, S, V]``.
     """
     overrides = _numerics(dtype, param_dtype, dict(overrides))
     kind = detect_format(path)
+    if mesh is not None:
+        if place is not None or shardings is not None:
+            raise ValueError("Pass either mesh= (with optional rules=) or place=/shardings=, not both.")
+        place = sharding.place_fn(mesh, rules)
     if kind == "converted":
+        if mesh is not None:
+            cfg = checkpoint.read_converted_config(path, **overrides)
+            abstract = nnx.eval_shape(lambda: InfiniLlama(cfg, rngs=nnx.Rngs(0)))
+            shardings = sharding.param_shardings(abstract, mesh, rules)
         return checkpoint.load_converted(path, shardings=shardings, **overrides)
     if kind == "nanotron":
         from infini_jax.formats.nanotron import read_nanotron_checkpoint
 
         cfg, state, _ = read_nanotron_checkpoint(path, **overrides)
+        if mesh is not None:
+            sharding.validate_mesh(cfg, mesh)
         return model_from_state(cfg, state, place=place)
     from infini_jax.formats.hf_llama import read_hf_llama
 
@@ -73,6 +85,8 @@ def load_model(path: str | Path, *, dtype=None, param_dtype=None, place=None, sh
                "seed"}
     hf_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in hf_keys}
     cfg, state = read_hf_llama(path, segment_length=segment_length, **hf_kwargs, **overrides)
+    if mesh is not None:
+        sharding.validate_mesh(cfg, mesh)
     return model_from_state(cfg, state, place=place)
 
 

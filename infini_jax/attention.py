@@ -21,7 +21,7 @@ from flax import nnx
 
 from infini_jax import memory as mem
 from infini_jax.config import GateActivation, MemoryQuery, ModelConfig
-from infini_jax.layers import apply_rope, matmul_precision, param
+from infini_jax.layers import apply_rope, einsum_f32, matmul_precision, param
 
 
 class LayerCache(NamedTuple):
@@ -69,12 +69,10 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, p
     b, tq, n, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, tq, kv, n // kv, d)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, precision=precision,
-                        preferred_element_type=jnp.float32) * (1.0 / jnp.sqrt(jnp.float32(d)))
+    logits = einsum_f32("bqkgd,bskd->bkgqs", qg, k, precision) * (1.0 / jnp.sqrt(jnp.float32(d)))
     logits = jnp.where(mask, logits, jnp.float32(-1e30))
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, precision=precision,
-                     preferred_element_type=jnp.float32)
+    out = einsum_f32("bkgqs,bskd->bqkgd", probs, v, precision)
     return out.reshape(b, tq, n, d).astype(q.dtype)
 
 

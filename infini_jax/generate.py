@@ -48,7 +48,7 @@ def bucket_length(n: int, segment_length: int, chunk: int | None = None) -> int:
     """Padded length for a prompt of n tokens: whole segments, rounded up so that the number of distinct
     lengths grows logarithmically (<= 12.5% waste), and a multiple of ``chunk`` when streaming."""
     segs = -(-n // segment_length)
-    granularity = max(1, 2 ** (max(0, math.ceil(math.log2(segs)) - 3))) if segs > 1 else 1
+    granularity = 2 ** max(0, int(math.floor(math.log2(segs))) - 3)  # segs in [2^k, 2^k+1): step 2^(k-3)
     padded = -(-segs // granularity) * granularity * segment_length
     if chunk and padded > chunk:
         padded = -(-padded // chunk) * chunk
@@ -58,26 +58,47 @@ def bucket_length(n: int, segment_length: int, chunk: int | None = None) -> int:
 class Generator:
     """Compiled greedy generation for one model. ``generate(prompts)`` returns the new token ids."""
 
-    def __init__(self, model: InfiniLlama, config: GenerationConfig = GenerationConfig()):
+    def __init__(self, model: InfiniLlama, config: GenerationConfig = GenerationConfig(), mesh=None,
+                 rules=None):
+        """``mesh`` (``infini_jax.sharding.make_mesh``): batch rows split over its "data" axis (batch_size must
+        be a multiple of dp), weights kept in (or moved into) their shards over "model"; same tokens."""
         self.cfg = model.cfg
         self.config = config
+        self.mesh = mesh
         seg = self.cfg.segment_length
         if config.prefill_chunk_tokens is not None and config.prefill_chunk_tokens % seg:
             raise ValueError(f"prefill_chunk_tokens {config.prefill_chunk_tokens} must be a multiple of "
                              f"segment_length {seg}.")
         self.graphdef, self.state = nnx.split(model)
-        self._compiled = jax.jit(self._run, static_argnames=("chunk_segments",))
+        self._cache_shardings = None
+        out_shardings = None
+        if mesh is not None:
+            from infini_jax import sharding
+
+            sharding.validate_mesh(self.cfg, mesh, batch=config.batch_size)
+            self.state = jax.device_put(self.state, sharding.state_shardings(model, mesh, rules))
+            self._cache_shardings = sharding.cache_shardings(self.cfg, config.batch_size, mesh, rules)
+            self._data_sharding = sharding.data_sharding(mesh)
+            out_shardings = sharding.replicated(mesh)  # every process can read the tokens
+        self._compiled = jax.jit(self._run, static_argnames=("chunk_segments",), out_shardings=out_shardings)
+
+    def _constrain(self, cache):
+        if self._cache_shardings is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, self._cache_shardings)
 
     def _run(self, state, ids, lengths, *, chunk_segments):
         model = nnx.merge(self.graphdef, state)
         cfgn = self.config
         logits, cache = model.prefill(ids, lengths, chunk_segments=chunk_segments)
+        cache = self._constrain(cache)
         first = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # first index wins on ties, like torch
         eos = -1 if cfgn.eos_token_id is None else cfgn.eos_token_id
 
         def step(carry, _):
             tok, cache, done = carry
             logits, cache = model.decode_step(tok, cache)
+            cache = self._constrain(cache)
             done = done | (tok == eos) if cfgn.stop_at_eos else done
             nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             nxt = jnp.where(done, jnp.int32(max(eos, 0)), nxt)
@@ -116,8 +137,15 @@ class Generator:
                 raise ValueError(f"Prompt token id {max(p)} outside the model's vocabulary of {vocab}: "
                                  "the tokenizer does not match the checkpoint.")
         ids, lengths, chunk_segments = self._padded_batch(prompts)
-        out = np.asarray(self._compiled(self.state, jnp.asarray(ids), jnp.asarray(lengths),
-                                        chunk_segments=chunk_segments))
+        if self.mesh is None:
+            out = self._compiled(self.state, jnp.asarray(ids), jnp.asarray(lengths), chunk_segments=chunk_segments)
+        else:
+            from infini_jax.sharding import put
+
+            with jax.set_mesh(self.mesh):  # activates sharding.constrain() calls inside the model, if any
+                out = self._compiled(self.state, put(ids, self._data_sharding), put(lengths, self._data_sharding),
+                                     chunk_segments=chunk_segments)
+        out = np.asarray(out)
         results = []
         for r in range(len(prompts)):
             toks = out[r].tolist()

@@ -30,6 +30,17 @@ def matmul_precision(cfg: ModelConfig):
     return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else None
 
 
+def einsum_f32(spec: str, a: jax.Array, b: jax.Array, precision=None) -> jax.Array:
+    """einsum accumulating in fp32 (``preferred_element_type``), as torch/cuBLAS do for bf16 inputs.
+
+    XLA:CPU has no bf16 x bf16 -> f32 dot, so on CPU the operands are upcast first (bf16 products are
+    exact in fp32, so only the summation order can differ).
+    """
+    if jax.default_backend() == "cpu" and (a.dtype != jnp.float32 or b.dtype != jnp.float32):
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(spec, a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
 class RMSNorm(nnx.Module):
     """nanotron's (flash-attn Triton) RMSNorm: ``(x_f32 * rstd) * w_f32`` rounded once to ``dtype``.
 

@@ -20,6 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from infini_jax.layers import einsum_f32
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -44,9 +46,7 @@ def sigma(x: jax.Array) -> jax.Array:
 
 def _mm(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
     """einsum with fp32 accumulation, rounded once to ``dtype`` (as torch's bf16 matmul/sum)."""
-    out = jnp.einsum(spec, a.astype(dtype), b.astype(dtype), precision=HIGHEST,
-                     preferred_element_type=jnp.float32)
-    return out.astype(dtype)
+    return einsum_f32(spec, a.astype(dtype), b.astype(dtype), HIGHEST).astype(dtype)
 
 
 def _safe_div(num: jax.Array, den: jax.Array, valid: jax.Array) -> jax.Array:

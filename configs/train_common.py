@@ -1,0 +1,135 @@
+"""Defaults shared by the training configs (``train_demo``, ``train_finetune``). Not a job on its own.
+
+Every field can be overridden on the command line, e.g.::
+
+    python main.py --config=configs/train_demo.py --config.workdir=outputs/run1 --config.total_seconds=600 \
+        --config.curriculum.stage_0.batch_size=64 --config.optim.balance_factor_lr=1e-2
+
+Re-running the same command with the same ``workdir`` resumes from its last checkpoint.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early_needle: float = 0.0,
+          virtual_length_max: float = 1.0, advance_min_accuracy: float = 0.0,
+          max_share: float | None = None) -> ml_collections.ConfigDict:
+    """One curriculum stage (``infini_jax.train_schedule.Stage``)."""
+    s = ml_collections.ConfigDict()
+    s.name = name  # shown in logs and metrics.jsonl
+    s.seq_len = seq_len  # tokens per row (segments = ceil(seq_len / segment_length))
+    s.batch_size = batch_size  # rows per step (a multiple of the number of devices)
+    s.share = share  # planned fraction of the budget (time or steps); shares are rescaled to sum to 1
+    s.force_early_needle = force_early_needle  # fraction of rows whose needle ends before the final segment
+    s.virtual_length_max = virtual_length_max  # r ~ logUniform[1, max] weights non-needle memory writes; 1 = off
+    s.advance_min_accuracy = advance_min_accuracy  # far-needle train accuracy needed to leave the stage; 0 = none
+    # Safeguard of the gate: leave after this fraction of the budget even if the gate is closed (None: never).
+    s.max_share = config_dict.placeholder(float) if max_share is None else max_share
+    return s
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.job = "train"  # main.py dispatches to infini_jax.train.run
+    # Output directory: checkpoints/, metrics.jsonl, model/ (the exported converted model), eval/, eval.json.
+    c.workdir = "outputs/train"
+    c.seed = 0  # parameter initialisation
+    c.data_seed = 1  # training data (pass keys, haystack offsets, needle depths, virtual lengths)
+    c.init_std = 0.02  # N(0, std) init; o_proj / down_proj get std / sqrt(2 * num_layers) (nanotron RandomInit)
+    # Start from a checkpoint instead of a random model: nanotron step dir, converted dir or HF Llama folder.
+    # Its architecture is kept; only the numerics of `model` (dtype, param_dtype, memory_dtype, memory_query,
+    # attention_impl; segment_length for HF folders) are applied.
+    c.init_from = config_dict.placeholder(str)
+    # Tokenizer (local directory or cached hub name); None = the byte-level demo tokenizer (260 ids).
+    c.tokenizer = config_dict.placeholder(str)
+
+    # ------------------------------------------------------------------ model (infini_jax.config.ModelConfig)
+    m = ml_collections.ConfigDict()
+    m.vocab_size = 384  # >= the tokenizer's ids (demo: 260), padded as nanotron pads
+    m.hidden_size = 256
+    m.intermediate_size = 768
+    m.num_layers = 4
+    m.num_heads = 4
+    m.num_kv_heads = 4
+    m.segment_length = 256  # tokens per memory segment (RoPE restarts at 0 in each)
+    m.rope_theta = 10000.0
+    m.rope_interleaved = True  # nanotron's default (GPT-J pairs)
+    m.rms_norm_eps = 1e-5
+    m.tie_word_embeddings = False
+    m.max_position_embeddings = 8192  # informational only
+    m.bos_token_id = 1
+    m.eos_token_id = 2
+    m.pad_token_id = 3
+    m.balance_act_type = "orig_sigmoid"  # gate g = act(balance_factors) per head
+    m.balance_init_type = "zeros"  # g = 0.5 at init
+    # "rotated": what nanotron computes (memory read with sigma(RoPE(q))); "unrotated": the paper's sigma(q).
+    m.memory_query = "rotated"
+    m.dtype = "bfloat16"  # compute dtype ("float32" on CPU)
+    m.param_dtype = "float32"  # parameters and optimizer state stay fp32
+    m.memory_dtype = "float32"  # M and z
+    m.attention_impl = "xla"  # "cudnn": fused GPU attention (bf16/fp16 only)
+    c.model = m
+    # Cut the gradient between segments (memory carried forward but not differentiated through).
+    c.stop_gradient_between_segments = False
+
+    # ------------------------------------------------------------------ budget and bookkeeping
+    c.total_steps = 0  # > 0: a step budget (deterministic, exactly resumable); 0: use total_seconds
+    c.total_seconds = 360.0  # time budget (training seconds; compilation, checkpoints and logs not counted)
+    c.log_every = 25  # steps per metrics.jsonl line
+    c.save_every = 500  # steps between checkpoints (and one at the end); 0 = only at the end
+    c.max_to_keep = 3  # checkpoints kept in workdir/checkpoints
+
+    # ------------------------------------------------------------------ optimizer (AdamW, two groups)
+    o = ml_collections.ConfigDict()
+    o.lr = 2e-3  # peak LR of every parameter except the balance factors
+    o.balance_factor_lr = 3e-3  # peak LR of balance_factors (nanotron's infini_attention.balance_factor_lr)
+    o.weight_decay = 0.1  # on matrices (not norms; embeddings only with decay_embeddings)
+    o.balance_factor_weight_decay = 0.0  # nanotron's balance_factor_weight_decay
+    o.decay_embeddings = False  # also decay the embedding and lm_head
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.clip_norm = 1.0  # global grad-norm clipping over all parameters (balance factors included); 0 = off
+    o.warmup_steps = 150  # linear warm-up from 0 (steps)
+    o.min_lr_ratio = 0.1  # cosine decays each group to this fraction of its peak
+    o.balance_factor_min_lr = config_dict.placeholder(float)  # absolute floor for the balance group (nanotron)
+    c.optim = o
+
+    # ------------------------------------------------------------------ loss
+    loss = ml_collections.ConfigDict()
+    loss.lm_weight = 0.2  # next-token CE over all tokens
+    loss.answer_weight = 1.0  # CE on the answer digits after "The pass key is "
+    loss.needle_copy_weight = 1.0  # CE on the needle's second copy of the key (in-segment copy signal)
+    c.loss = loss
+
+    # ------------------------------------------------------------------ data
+    d = ml_collections.ConfigDict()
+    d.source = "passkey"  # "passkey" (synthetic rows), "text" (packed .txt files) or "mix"
+    d.num_digits = 5  # digits of the pass keys
+    d.haystack_mix = 0.5  # fraction of passkey rows on the classic "The grass is green..." filler
+    # The other rows' haystack: "generated" (templated sentences with 1-3 digit numbers), "default" (prose)
+    # or a directory of *.txt files.
+    d.varied_haystack = "generated"
+    d.varied_seed = 0  # seed of the generated training text (the evaluation uses eval.varied_seed)
+    d.virtual_length_prob_one = 0.1  # probability of r = 1 in a virtual-length stage
+    d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated
+    d.text_fraction = 0.5  # "mix": fraction of each batch's rows from text
+    c.data = d
+
+    # ------------------------------------------------------------------ curriculum (stage_0, stage_1, ...)
+    c.curriculum = ml_collections.ConfigDict({"stage_0": stage("main", 1024, 32, 1.0)})
+
+    # ------------------------------------------------------------------ final evaluation
+    e = ml_collections.ConfigDict()
+    e.enabled = True
+    e.context_lengths = (8192, 32768)  # prompt lengths in tokens (shorter than the template: skipped)
+    e.depths = tuple(range(0, 101, 10))  # needle depths in percent
+    e.num_samples = 6  # per (length, depth, haystack)
+    e.haystacks = ("classic", "varied")  # "varied": the training style with held-out text; or "default", a dir
+    e.seed = 1234  # pass keys (held out from training's data_seed stream)
+    e.varied_seed = 12345  # held-out generated text
+    e.batch_size = 16
+    e.prefill_chunk_tokens = 65536  # stream long prompts in chunks (multiple of segment_length); 0 = whole
+    c.eval = e
+    return c

@@ -1,0 +1,62 @@
+"""Trains the small byte-level demo model to retrieve pass keys with the memory-first curriculum of
+``retrieval_recipe.md`` (see docs/training.md)::
+
+    python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo          # GPU, ~6 min
+    python main.py --config=configs/train_demo.py:cpu_smoke --config.workdir=/tmp/train_smoke   # CPU, seconds
+
+Model: byte-level demo tokenizer (260 ids, vocab padded to 384), 4 layers, hidden 256, 4 heads x 64, SwiGLU 768,
+segments of 256 tokens, gate sigmoid(beta) with beta = 0 at init, memory_query "rotated" (nanotron's numerics).
+Curriculum: 768 x 128 (50% of the time, 80% of needles before the final segment, gated on far-needle
+accuracy 0.5) -> 2048 x 64 (15%) -> 8192 x 32 (35%, virtual length up to 256).
+AdamW (0.9, 0.95, eps 1e-8), LR 2e-3, balance-factor LR 3e-3, weight decay 0.1 on non-embedding matrices,
+clip 1.0, warm-up 150 steps, cosine to 0.1x. Loss: answer CE + 1.0 x needle-copy CE + 0.2 x next-byte CE.
+Outputs in workdir: metrics.jsonl, checkpoints/, model/ (load_model-ready), eval/ and eval.json.
+"""
+
+from configs import train_common
+from configs.train_common import stage
+
+
+def get_config(variant: str = ""):
+    c = train_common.get_config()
+    c.workdir = "outputs/train_demo"
+    c.total_seconds = 360.0
+    c.total_steps = 0
+    c.curriculum = {
+        "stage_0": stage("memory_first_768", 768, 128, 0.50, force_early_needle=0.8, advance_min_accuracy=0.5,
+                         max_share=0.7),
+        "stage_1": stage("uniform_2k", 2048, 64, 0.15),
+        "stage_2": stage("virtual_8k", 8192, 32, 0.35, virtual_length_max=256.0),
+    }
+    c.eval.context_lengths = (8192, 32768, 131072, 1048576)
+    c.eval.num_samples = 6  # x 11 depths x 2 haystacks = 132 per length, as in the recipe
+    c.eval.prefill_chunk_tokens = 65536
+    c.save_every = 500
+    c.log_every = 25
+
+    if variant == "cpu_smoke":
+        # Seconds on a laptop CPU: a tiny model, short rows, a few steps, a tiny evaluation.
+        c.workdir = "/tmp/infini_train_smoke"
+        m = c.model
+        m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.num_kv_heads = 32, 64, 2, 2, 2
+        m.segment_length = 64
+        m.dtype = "float32"
+        m.max_position_embeddings = 1024
+        c.total_seconds = 0.0
+        c.total_steps = 8
+        c.optim.warmup_steps = 2
+        c.optim.lr = 3e-3
+        c.curriculum = {
+            "stage_0": stage("memory_first_384", 384, 4, 0.5, force_early_needle=0.8),
+            "stage_1": stage("virtual_512", 512, 4, 0.5, virtual_length_max=16.0),
+        }
+        c.log_every = 2
+        c.save_every = 4
+        c.eval.context_lengths = (384, 768)
+        c.eval.depths = (0, 100)
+        c.eval.num_samples = 1
+        c.eval.batch_size = 2
+        c.eval.prefill_chunk_tokens = 0
+    elif variant:
+        raise ValueError(f"Unknown variant {variant!r} of train_demo: use '' or 'cpu_smoke'.")
+    return c

@@ -1,0 +1,541 @@
+"""The training job: optax AdamW with a balance-factor parameter group, a memory-first curriculum,
+resumable Orbax checkpoints, JSON-lines metrics, export and a final passkey evaluation.
+
+    python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo
+    python main.py --config=configs/train_finetune.py --config.init_from=CKPT --config.data.text_files=DIR
+
+``run(config)`` (``config.job == "train"``; the fields are documented in ``configs/train_common.py``):
+
+1. Build the tokenizer, the model (random, or ``load_model(config.init_from)``), the optimizer and the data
+   (synthetic passkey rows, packed ``.txt`` text, or a mix).
+2. Resume from ``workdir/checkpoints`` when it holds a checkpoint (parameters, optimizer state, step,
+   data RNG, curriculum and clock): re-running the same command continues the run exactly.
+3. Train until the budget (``total_steps`` or ``total_seconds``) is used, advancing the curriculum;
+   log every ``log_every`` steps to ``workdir/metrics.jsonl``; save every ``save_every`` steps.
+4. Export ``workdir/model`` (a converted directory for ``load_model``, with ``model_card.json``
+   ``"trained": true`` and ``training_config.json``), then evaluate it on freshly generated prompts
+   (held-out keys and haystack text) into ``workdir/eval`` and ``workdir/eval.json``.
+
+Loss = ``lm_weight`` * next-token CE over all tokens + ``answer_weight`` * CE on the answer digits +
+``needle_copy_weight`` * CE on the needle's second copy of the key (each a mean over its tokens).
+Gradients flow through the memory chain of all segments unless ``stop_gradient_between_segments``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from infini_jax.attention import gate_activation
+from infini_jax.config import ModelConfig
+from infini_jax.model import InfiniLlama
+from infini_jax.train_data import BATCH_KEYS, PasskeyBatcher, TextStream, concat_batches, haystack_text, text_files
+from infini_jax.train_eval import run_eval
+from infini_jax.train_optim import OptimSettings, make_optimizer
+from infini_jax.train_schedule import Curriculum, Stage, stages_from_config
+
+try:  # device meshes (data parallel); optional
+    from infini_jax import sharding
+except ImportError:  # pragma: no cover
+    sharding = None
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+MODEL_CARD_FILE = "model_card.json"
+TRAINING_CONFIG_FILE = "training_config.json"
+# ModelConfig fields that may be changed when fine-tuning a checkpoint (numerics, not architecture).
+NUMERIC_FIELDS = ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl")
+
+
+# ----------------------------------------------------------------------------- loss
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    lm: float = 1.0
+    answer: float = 0.0
+    copy: float = 0.0
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def loss_and_metrics(model: InfiniLlama, batch: dict[str, jax.Array], weights: LossWeights,
+                     stop_gradient_between_segments: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted loss and metric sums for one batch (fields of ``train_data.BATCH_KEYS``).
+
+    The masks are aligned with the logits: position t predicts token t + 1 (the last position never counts).
+    """
+    ids = batch["input_ids"]
+    logits = model(ids, write_weight=batch["write_weight"],
+                   stop_gradient_between_segments=stop_gradient_between_segments)  # [B, S, V] fp32
+    targets = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)  # the wrapped last column is masked out
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    lm = _masked_mean(nll, batch["lm_mask"])
+    answer = _masked_mean(nll, batch["answer_mask"])
+    copy = _masked_mean(nll, batch["copy_mask"])
+    loss = weights.lm * lm + weights.answer * answer + weights.copy * copy
+    # A row's answer is exact when every answer digit is the argmax (teacher forcing = greedy here).
+    amask = batch["answer_mask"]
+    exact = jnp.all((correct > 0) | (amask == 0), axis=1).astype(jnp.float32) * batch["is_passkey"]
+    far = batch["far"] * batch["is_passkey"]
+    near = (1.0 - batch["far"]) * batch["is_passkey"]
+    metrics = {
+        "loss": loss, "lm_loss": lm, "answer_loss": answer, "copy_loss": copy,
+        "far_correct": jnp.sum(exact * far), "far_count": jnp.sum(far),
+        "near_correct": jnp.sum(exact * near), "near_count": jnp.sum(near),
+        "digit_correct": jnp.sum(correct * amask), "digit_count": jnp.sum(amask),
+        "copy_correct": jnp.sum(correct * batch["copy_mask"]), "copy_count": jnp.sum(batch["copy_mask"]),
+    }
+    return loss, metrics
+
+
+def gates(model: InfiniLlama) -> jax.Array:
+    """[layers, heads] g = act(balance_factors)."""
+    act = model.cfg.balance_act_type
+    return jnp.stack([gate_activation(layer.attn.balance_factors[...], act) for layer in model.layers])
+
+
+# ----------------------------------------------------------------------------- train step
+def train_step(graphdef, weights: LossWeights, stop_gradient: bool, state, batch, lr_factors):
+    """One update of ``(model, optimizer)`` held as ``nnx.split`` state. Returns (state, metrics)."""
+    model, optimizer = nnx.merge(graphdef, state)
+    grad_fn = nnx.value_and_grad(lambda m: loss_and_metrics(m, batch, weights, stop_gradient), has_aux=True)
+    (_, metrics), grads = grad_fn(model)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    optimizer.update(model, grads, lr_factors=lr_factors)
+    metrics["gates"] = gates(model)
+    return nnx.state((model, optimizer)), metrics
+
+
+_train_step = jax.jit(train_step, static_argnums=(0, 1, 2), donate_argnums=(3,))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _cfg_get(config, name: str, default=None):
+    try:
+        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def _to_plain(x):
+    if hasattr(x, "to_dict"):
+        return _to_plain(x.to_dict())
+    if isinstance(x, dict):
+        return {str(k): _to_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class Clock:
+    """Training seconds: wall time with pauses (compilation, checkpoints, logs) taken out."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.elapsed_before = elapsed
+        self._start: float | None = None
+
+    def start(self) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._start is not None:
+            self.elapsed_before += time.perf_counter() - self._start
+            self._start = None
+
+    @property
+    def elapsed(self) -> float:
+        running = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.elapsed_before + running
+
+
+def load_tokenizer_for(config):
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(_cfg_get(config, "tokenizer") or DEMO_TOKENIZER_PATH)
+    tok.model_max_length = 1 << 40
+    return tok
+
+
+def build_model(config) -> InfiniLlama:
+    """A random model from ``config.model``, or ``load_model(config.init_from)`` with its numerics."""
+    model_fields = _to_plain(config.model)
+    init_from = _cfg_get(config, "init_from")
+    if init_from:
+        from infini_jax.api import load_model
+
+        overrides = {k: v for k, v in model_fields.items() if k in NUMERIC_FIELDS and v is not None}
+        if model_fields.get("segment_length"):
+            overrides["segment_length"] = int(model_fields["segment_length"])  # Hugging Face folders only
+        overrides.setdefault("param_dtype", "float32")
+        logging.info("Initialising from %s with %s", init_from, overrides)
+        return load_model(init_from, **overrides)
+    cfg = ModelConfig.from_dict(model_fields)
+    return InfiniLlama(cfg, rngs=nnx.Rngs(int(_cfg_get(config, "seed", 0))),
+                       init_std=float(_cfg_get(config, "init_std", 0.02)))
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Owns the model/optimizer state, the data, the curriculum and the checkpoints of one workdir."""
+
+    def __init__(self, config):
+        self.config = config
+        self.workdir = Path(config.workdir).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.optim = OptimSettings.from_config(config.optim)
+        self.weights = LossWeights(lm=float(config.loss.lm_weight), answer=float(config.loss.answer_weight),
+                                   copy=float(config.loss.needle_copy_weight))
+        self.stop_gradient = bool(_cfg_get(config, "stop_gradient_between_segments", False))
+        self.stages = stages_from_config(config.curriculum)
+        self.curriculum = Curriculum(self.stages)
+        self.total_steps = int(_cfg_get(config, "total_steps", 0) or 0)
+        self.total_seconds = float(_cfg_get(config, "total_seconds", 0) or 0)
+        if self.total_steps <= 0 and self.total_seconds <= 0:
+            raise ValueError("Set a training budget: config.total_steps > 0 or config.total_seconds > 0.")
+        self.log_every = max(1, int(_cfg_get(config, "log_every", 25)))
+        self.save_every = int(_cfg_get(config, "save_every", 0) or 0)
+
+        self.tokenizer = load_tokenizer_for(config)
+        model = build_model(config)
+        from infini_jax.data.tokenizer import check_vocab
+
+        check_vocab(self.tokenizer, model.cfg.vocab_size)
+        self.model_cfg = model.cfg
+        self._build_data()
+        self.mesh = self._make_mesh()
+        optimizer = make_optimizer(model, self.optim)
+        self.graphdef, state = nnx.split((model, optimizer))
+        self.state = self._place_state(state)
+        self._step_fn = self._make_step_fn()
+
+        self.step = 0
+        self.rng = np.random.default_rng(int(_cfg_get(config, "data_seed", 1)))
+        self.clock = Clock()
+        self.tokens_seen = 0
+        self.warmup_end_progress = (self.optim.warmup_steps / self.total_steps) if self.total_steps else None
+        if self.optim.warmup_steps == 0:
+            self.warmup_end_progress = 0.0
+        self.history: list[dict[str, Any]] = []  # the records written to metrics.jsonl by this process
+        self._pending: list[tuple[int, dict]] = []
+        self._interval: list[dict[str, np.ndarray]] = []
+        self._interval_tokens = 0
+        self._interval_start = time.perf_counter()
+        self._compiled_shapes: set[tuple[int, int]] = set()
+        self.ckpt = ocp.CheckpointManager(
+            self.workdir / CHECKPOINT_DIR,
+            options=ocp.CheckpointManagerOptions(max_to_keep=int(_cfg_get(config, "max_to_keep", 3)), create=True,
+                                                 enable_async_checkpointing=False))
+
+    # ------------------------------------------------------------------ setup
+    def _build_data(self) -> None:
+        d = self.config.data
+        self.source = str(_cfg_get(d, "source", "passkey"))
+        if self.source not in ("passkey", "text", "mix"):
+            raise ValueError(f"data.source={self.source!r}: use 'passkey', 'text' or 'mix'.")
+        self.batcher = None
+        self.text = None
+        if self.source in ("passkey", "mix"):
+            mix = float(_cfg_get(d, "haystack_mix", 0.5))
+            varied = str(_cfg_get(d, "varied_haystack", "generated"))
+            texts = {"classic": haystack_text("classic"),
+                     "varied": haystack_text(varied, seed=int(_cfg_get(d, "varied_seed", 0)))}
+            self.batcher = PasskeyBatcher(self.tokenizer, segment_length=self.model_cfg.segment_length,
+                                          num_digits=int(_cfg_get(d, "num_digits", 5)), haystacks=texts,
+                                          haystack_weights={"classic": mix, "varied": 1.0 - mix})
+            for st in self.stages:
+                self.batcher.haystack_tokens(st.seq_len)  # fail now, not at the stage
+        if self.source in ("text", "mix"):
+            spec = _cfg_get(d, "text_files")
+            if not spec:
+                raise ValueError(f"data.source={self.source!r} needs data.text_files (files, directories or globs "
+                                 "of .txt).")
+            self.text = TextStream(self.tokenizer, text_files(spec), cache_path=str(self.workdir / "text_tokens.npy"))
+        self.text_fraction = 1.0 if self.source == "text" else (
+            float(_cfg_get(d, "text_fraction", 0.5)) if self.source == "mix" else 0.0)
+        self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
+
+    def _make_mesh(self):
+        n = jax.device_count()
+        if n == 1:
+            return None
+        for st in self.stages:
+            if st.batch_size % n:
+                raise ValueError(f"Stage {st.name!r}: batch_size {st.batch_size} is not a multiple of the {n} "
+                                 "devices (data parallel).")
+        if sharding is not None:
+            return sharding.make_mesh(dp=n, tp=1)
+        return jax.make_mesh((n,), ("data",))
+
+    def _place_state(self, state):
+        if self.mesh is None:
+            return state
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(state, replicated)
+
+    def _make_step_fn(self):
+        if self.mesh is None:
+            return functools.partial(_train_step, self.graphdef, self.weights, self.stop_gradient)
+        state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        fn = jax.jit(train_step, static_argnums=(0, 1, 2), donate_argnums=(3,),
+                     out_shardings=(state_shardings, None))
+        return functools.partial(fn, self.graphdef, self.weights, self.stop_gradient)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def progress(self) -> float:
+        if self.total_steps:
+            return self.step / self.total_steps
+        return self.clock.elapsed / self.total_seconds
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= 1.0
+
+    def model(self) -> InfiniLlama:
+        return nnx.merge(self.graphdef, self.state)[0]
+
+    # ------------------------------------------------------------------ data
+    def make_batch(self, stage: Stage) -> dict[str, np.ndarray]:
+        b, s = stage.batch_size, stage.seq_len
+        n_text = int(round(b * self.text_fraction))
+        parts = []
+        if n_text:
+            parts.append(self.text.sample(self.rng, n_text, s))
+        if b - n_text:
+            parts.append(self.batcher.sample(self.rng, b - n_text, s, force_early=stage.force_early_needle,
+                                             virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one))
+        return concat_batches(parts)
+
+    def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        if self.mesh is None:
+            return jax.device_put(batch)
+        return jax.device_put(batch, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data")))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _meta(self) -> dict[str, Any]:
+        return {"step": self.step, "rng": self.rng.bit_generator.state, "curriculum": self.curriculum.state_dict(),
+                "train_seconds": self.clock.elapsed, "tokens_seen": self.tokens_seen,
+                "warmup_end_progress": self.warmup_end_progress, "model_config": self.model_cfg.to_dict()}
+
+    def save(self) -> None:
+        self.clock.pause()
+        self._flush_pending()
+        if self.ckpt.latest_step() != self.step:
+            self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
+                                                              meta=ocp.args.JsonSave(self._meta())), force=True)
+            self.ckpt.wait_until_finished()
+            logging.info("Saved checkpoint at step %d in %s", self.step, self.workdir / CHECKPOINT_DIR)
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint of the workdir, if any. Returns whether it did."""
+        step = self.ckpt.latest_step()
+        if step is None:
+            return False
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
+        restored = self.ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                   meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        if meta.get("model_config") and meta["model_config"] != self.model_cfg.to_dict():
+            raise ValueError(f"The checkpoint in {self.workdir / CHECKPOINT_DIR} was written for another model "
+                             f"({meta['model_config']}); use a new workdir.")
+        self.state = restored["state"]
+        self.step = int(meta["step"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.curriculum.load_state_dict(meta["curriculum"])
+        self.clock = Clock(float(meta["train_seconds"]))
+        self.tokens_seen = int(meta["tokens_seen"])
+        self.warmup_end_progress = meta.get("warmup_end_progress", self.warmup_end_progress)
+        self._truncate_metrics(self.step)
+        logging.info("Resumed from step %d (stage %s, %.1f training seconds)", self.step,
+                     self.curriculum.stage.name, self.clock.elapsed)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drops metric lines written after ``step`` by an interrupted run (they are recomputed)."""
+        path = self.workdir / METRICS_FILE
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if int(rec.get("step", 0)) <= step:
+                keep.append(line)
+        path.write_text("".join(x + "\n" for x in keep))
+
+    # ------------------------------------------------------------------ metrics
+    def _flush_pending(self) -> None:
+        for step, m in self._pending:
+            m = jax.device_get(m)
+            m["step"] = step
+            self._interval.append(m)
+        self._pending.clear()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if jax.process_index() == 0:
+            with open(self.workdir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+
+    def log_interval(self, lr: dict[str, float]) -> dict[str, Any] | None:
+        self._flush_pending()
+        if not self._interval:
+            return None
+        ms = self._interval
+        total = lambda k: float(sum(float(m[k]) for m in ms))
+        mean = lambda k: total(k) / len(ms)
+        ratio = lambda a, b: (total(a) / total(b)) if total(b) > 0 else None
+        g = np.asarray(ms[-1]["gates"], np.float64)  # [layers, heads] after the last update
+        seconds = time.perf_counter() - self._interval_start
+        rec = {
+            "step": self.step, "stage": self.curriculum.stage.name, "progress": round(self.progress, 5),
+            "train_seconds": round(self.clock.elapsed, 3),
+            "loss": mean("loss"), "lm_loss": mean("lm_loss"), "answer_loss": mean("answer_loss"),
+            "copy_loss": mean("copy_loss"), "far_accuracy": ratio("far_correct", "far_count"),
+            "near_accuracy": ratio("near_correct", "near_count"),
+            "digit_accuracy": ratio("digit_correct", "digit_count"),
+            "copy_accuracy": ratio("copy_correct", "copy_count"),
+            "far_fraction": (total("far_count") / (total("far_count") + total("near_count")))
+            if total("far_count") + total("near_count") > 0 else None,
+            "grad_norm": mean("grad_norm"), "lr": self.optim.lr * lr["default"],
+            "balance_factor_lr": self.optim.balance_factor_lr * lr["balance"],
+            "tokens_per_second": self._interval_tokens / max(seconds, 1e-9), "tokens_seen": self.tokens_seen,
+            "gate_mean": g.mean(axis=1).round(5).tolist(), "gate_min": g.min(axis=1).round(5).tolist(),
+            "gate_max": g.max(axis=1).round(5).tolist(),
+        }
+        self._write(rec)
+        self.curriculum.record_accuracy(rec["far_accuracy"])
+        far = "n/a" if rec["far_accuracy"] is None else f"{rec['far_accuracy']:.3f}"
+        logging.info("step %d [%s] loss %.4f (lm %.4f answer %.4f copy %.4f) far-acc %s digit-acc %s lr %.2e "
+                     "bf-lr %.2e gnorm %.3f %.0f tok/s gates(mean/layer) %s", self.step, rec["stage"], rec["loss"],
+                     rec["lm_loss"], rec["answer_loss"], rec["copy_loss"], far,
+                     "n/a" if rec["digit_accuracy"] is None else f"{rec['digit_accuracy']:.3f}", rec["lr"],
+                     rec["balance_factor_lr"], rec["grad_norm"], rec["tokens_per_second"], rec["gate_mean"])
+        self._interval = []
+        self._interval_tokens = 0
+        self._interval_start = time.perf_counter()
+        return rec
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_at_step: int | None = None) -> None:
+        """Trains until the budget is used (or until ``stop_at_step``, to simulate a preemption)."""
+        if self.step == 0 and self.curriculum.index == 0:
+            self._write({"event": "stage", "step": 0, "to": self.curriculum.stage.name, "progress": 0.0,
+                         "stage_config": dataclasses.asdict(self.curriculum.stage)})
+        lr = self.optim.factors(self.step, self.progress, self.warmup_end_progress)
+        self._interval_start = time.perf_counter()
+        while not self.done and (stop_at_step is None or self.step < stop_at_step):
+            self.clock.start()
+            event = self.curriculum.update(self.progress, self.step)
+            if event is not None:
+                event["stage_config"] = dataclasses.asdict(self.curriculum.stage)
+                self._write(event)
+                logging.info("Curriculum: stage %s -> %s at step %d (progress %.3f, far accuracy %s): %s",
+                             event["from"], event["to"], event["step"], event["progress"], event["far_accuracy"],
+                             event["reason"])
+            stage = self.curriculum.stage
+            if self.warmup_end_progress is None and self.step >= self.optim.warmup_steps:
+                self.warmup_end_progress = self.progress
+            lr = self.optim.factors(self.step, self.progress, self.warmup_end_progress)
+            batch = self._device_batch(self.make_batch(stage))
+            lr_arr = {k: jnp.float32(v) for k, v in lr.items()}
+            shape = (stage.batch_size, stage.seq_len)
+            if shape not in self._compiled_shapes:  # compile outside the clock
+                self.clock.pause()
+                t0 = time.perf_counter()
+                self.state, metrics = self._step_fn(self.state, batch, lr_arr)
+                jax.block_until_ready(metrics)
+                logging.info("Compiled and ran the train step for batch %d x %d tokens in %.1fs", *shape,
+                             time.perf_counter() - t0)
+                self._compiled_shapes.add(shape)
+                self._interval_start = time.perf_counter()
+                self.clock.start()
+            else:
+                self.state, metrics = self._step_fn(self.state, batch, lr_arr)
+            # Keep one step in flight: fetch the previous step's metrics while this one runs.
+            self._flush_pending()
+            self._pending.append((self.step + 1, metrics))
+            self.step += 1
+            self.tokens_seen += stage.batch_size * stage.seq_len
+            self._interval_tokens += stage.batch_size * stage.seq_len
+            if self.step % self.log_every == 0:
+                self.clock.pause()
+                self.log_interval(lr)
+            if self.save_every and self.step % self.save_every == 0:
+                self.save()
+        self.clock.pause()
+        self.log_interval(lr)
+        self.save()
+
+    # ------------------------------------------------------------------ export
+    def export(self) -> Path:
+        """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true)."""
+        from infini_jax.checkpoint import save_converted
+
+        model = self.model()
+        if self.mesh is not None:
+            model = _to_one_device(model)
+        out = save_converted(model, self.workdir / MODEL_DIR, overwrite=True)
+        card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step,
+                "train_seconds": round(self.clock.elapsed, 2), "tokens_seen": self.tokens_seen,
+                "tokenizer": str(_cfg_get(self.config, "tokenizer") or "infini_jax/assets/demo_tokenizer"),
+                "description": "Trained with infini_jax.train (see training_config.json)."}
+        (out / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (out / TRAINING_CONFIG_FILE).write_text(
+            json.dumps({"trained": True, "config": _to_plain(self.config)}, indent=2, default=_json_default) + "\n")
+        logging.info("Exported the trained model to %s", out)
+        return out
+
+
+def _to_one_device(model: InfiniLlama) -> InfiniLlama:
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, jax.devices()[0]))
+
+
+# ----------------------------------------------------------------------------- entry point
+def run(config) -> dict[str, Any]:
+    """Trains (resuming from ``config.workdir`` when possible), exports and evaluates. Returns a summary."""
+    trainer = Trainer(config)
+    resumed = trainer.restore()
+    logging.info("Training %s in %s (%s): %d parameters, budget %s", "resumed" if resumed else "from scratch",
+                 trainer.workdir, trainer.model_cfg.dtype,
+                 sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(trainer.model(), nnx.Param))),
+                 f"{trainer.total_steps} steps" if trainer.total_steps else f"{trainer.total_seconds:.0f} s")
+    trainer.train()
+    out = {"workdir": str(trainer.workdir), "steps": trainer.step, "train_seconds": trainer.clock.elapsed,
+           "final_metrics": next((r for r in reversed(trainer.history) if "loss" in r), None)}
+    if jax.process_index() == 0:
+        out["model_dir"] = str(trainer.export())
+        model = trainer.model()
+        out["eval"] = run_eval(config, model if trainer.mesh is None else _to_one_device(model), trainer.tokenizer,
+                               trainer.workdir)
+    return out

@@ -1,0 +1,366 @@
+"""Training data built in token space: synthetic passkey batches and packed plain text.
+
+Letter legend: B batch (rows), S sequence length, L segment length, D digits of a pass key, P prefix
+tokens, N needle tokens, Q question tokens.
+
+A passkey row is the evaluation prompt of ``infini_jax.data.prompts`` (template "passkey", no shots)
+followed by the answer, so that training and evaluation see the same wording::
+
+    [BOS] intro " \\n Passage: " hay[:p] ". The pass key is K. Remember it. K is the pass key. " hay[p:]
+    ". What is the pass key? The pass key is " K
+
+Every piece is tokenised once, when the :class:`PasskeyBatcher` is built; a batch is then assembled with
+vectorised numpy indexing (no tokenizer call in the training loop). Keys are written digit by digit (one
+token per digit, which is exact for byte-level and digit-splitting tokenizers). The needle goes after the
+last sentence-ending token before its sampled position, as in the evaluation prompts.
+
+Besides ``input_ids`` a batch carries the per-token memory ``write_weight`` ("virtual length": every
+non-needle token's write counts r times, r ~ logUniform[1, r_max], r = 1 with probability
+``prob_r_one``; needle tokens keep weight 1) and loss masks aligned with the logits (position t predicts
+token t + 1): ``lm_mask``, ``answer_mask`` (the D answer digits) and ``copy_mask`` (the needle's second
+copy of the key). ``far`` marks rows whose whole needle lies before the final segment (only the memory
+can answer them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+
+from infini_jax.data.haystack import CLASSIC_HAYSTACK, DEFAULT_HAYSTACK, load_haystack
+from infini_jax.data.prompts import (
+    PASSKEY_INTRO,
+    PASSKEY_NEEDLE,
+    PASSKEY_PASSAGE,
+    PASSKEY_QUESTION,
+    leading_special_ids,
+    needle_position,
+    tokenize_haystack,
+)
+
+BATCH_KEYS = ("input_ids", "write_weight", "lm_mask", "answer_mask", "copy_mask", "far", "is_passkey")
+
+# ----------------------------------------------------------------------------- varied haystack text
+_NAMES = ("Anna", "Ben", "Clara", "David", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Keiko", "Luis",
+          "Maya", "Nils", "Olga", "Pedro", "Rosa", "Samir", "Tara", "Victor")
+_PLACES = ("market", "library", "harbour", "station", "bakery", "museum", "garden", "school", "bridge", "farm",
+           "workshop", "hotel", "village", "river bank", "hospital", "theatre")
+_THINGS = ("apples", "books", "chairs", "letters", "boxes", "candles", "bottles", "stones", "tickets", "plates",
+           "coins", "lamps", "baskets", "maps", "shirts", "pencils")
+_ADJS = ("old", "quiet", "busy", "small", "bright", "cold", "narrow", "famous", "empty", "green")
+_TEMPLATES = (
+    "{name} bought {n} {thing} at the {place}.",
+    "The {adj} {place} opened {n} years ago.",
+    "There were {n} {thing} on the table near the {place}.",
+    "{name} walked {n} minutes to reach the {adj} {place}.",
+    "At the {place}, {name} counted {n} {thing} before lunch.",
+    "The {place} keeps {n} {thing} in a {adj} room.",
+    "{name} and {name2} talked about the {adj} {place} for a while.",
+    "Room {n} of the {place} was painted last spring.",
+    "It rained for {n} hours, so the {place} stayed {adj}.",
+    "{name} wrote {n} letters to a friend who lives near the {place}.",
+    "Bus number {n} stops in front of the {adj} {place}.",
+    "Nobody knew why the {place} needed {n} new {thing}.",
+)
+
+
+def generated_haystack(seed: int, num_sentences: int = 2000) -> str:
+    """Varied sentences from templates, with 1-3 digit numbers as distractors (never "pass key").
+
+    Training uses one seed, the evaluation another (held-out text of the same style).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num_sentences):
+        t = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+        name, name2 = rng.choice(_NAMES, 2, replace=False)
+        digits = int(rng.integers(1, 4))
+        n = int(rng.integers(10 ** (digits - 1), 10**digits))
+        out.append(t.format(name=name, name2=name2, n=n, thing=rng.choice(_THINGS), place=rng.choice(_PLACES),
+                            adj=rng.choice(_ADJS)))
+        out.append("\n" if i % 7 == 6 else " ")
+    return "".join(out)
+
+
+def haystack_text(kind: str, seed: int = 0, num_sentences: int = 2000) -> str:
+    """Text of a named haystack: "classic", "default" (prose), "generated" (templated, ``seed``) or a
+    directory of ``*.txt`` files."""
+    if kind == "classic":
+        return CLASSIC_HAYSTACK
+    if kind == "default":
+        return DEFAULT_HAYSTACK
+    if kind == "generated":
+        return generated_haystack(seed, num_sentences)
+    if os.path.isdir(kind):
+        return load_haystack(kind)
+    raise ValueError(f"Unknown haystack {kind!r}: use 'classic', 'default', 'generated' or a directory of *.txt "
+                     "files.")
+
+
+# ----------------------------------------------------------------------------- passkey batches
+def _encode(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """A haystack tokenised once: ``ids`` [T] and ``ends`` [T] (the token ends a sentence)."""
+
+    name: str
+    ids: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def build(cls, name: str, tokenizer, text: str) -> _Source:
+        hay = tokenize_haystack(tokenizer, text)
+        return cls(name, hay.ids.astype(np.int32), hay.ends_sentence.astype(bool))
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def tiled(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The text repeated end to end to at least ``n`` tokens: ids, ends and ``snap`` (see ``_snap``)."""
+        reps = max(1, -(-n // self.length))
+        ends = np.tile(self.ends, reps)
+        return np.tile(self.ids, reps), ends, _snap(ends)
+
+
+def _snap(ends: np.ndarray) -> np.ndarray:
+    """snap[i] for i in 0..len(ends): 1 + the largest j < i with ends[j] (just after the last sentence end
+    before position i), or 0."""
+    idx = np.where(ends, np.arange(len(ends)) + 1, 0)
+    return np.concatenate([[0], np.maximum.accumulate(idx)]).astype(np.int64)
+
+
+class PasskeyBatcher:
+    """Builds passkey rows in token space (see the module docstring).
+
+    Args:
+      tokenizer: a Hugging Face tokenizer; each digit must be a single token.
+      segment_length: the model's L (decides which needles are "far": before the final segment).
+      num_digits: D, digits of a pass key (the first is never 0).
+      haystacks: {name: text}; ``haystack_weights`` {name: probability} picks one per row.
+    """
+
+    def __init__(self, tokenizer, *, segment_length: int, num_digits: int = 5,
+                 haystacks: dict[str, str] | None = None, haystack_weights: dict[str, float] | None = None):
+        if not 1 <= num_digits <= 18:
+            raise ValueError(f"num_digits={num_digits} is outside 1..18.")
+        self.segment_length = int(segment_length)
+        self.num_digits = int(num_digits)
+        haystacks = haystacks or {"classic": CLASSIC_HAYSTACK, "default": DEFAULT_HAYSTACK}
+        self.sources = [_Source.build(k, tokenizer, v) for k, v in haystacks.items()]
+        weights = haystack_weights or {k: 1.0 for k in haystacks}
+        w = np.asarray([float(weights.get(s.name, 0.0)) for s in self.sources])
+        if w.sum() <= 0 or (w < 0).any():
+            raise ValueError(f"haystack_weights {weights} must be >= 0 with a positive sum over {list(haystacks)}.")
+        self.weights = w / w.sum()
+        self.prefix = np.concatenate([np.asarray(leading_special_ids(tokenizer), np.int32),
+                                      _encode(tokenizer, PASSKEY_INTRO + PASSKEY_PASSAGE)])
+        self.needle_parts = [_encode(tokenizer, p) for p in PASSKEY_NEEDLE.split("{key}")]
+        self.question = _encode(tokenizer, PASSKEY_QUESTION)
+        digits = [_encode(tokenizer, str(d)) for d in range(10)]
+        if any(len(d) != 1 for d in digits):
+            raise ValueError("Passkey training data writes keys digit by digit and needs a tokenizer that encodes "
+                             f"each digit as one token; this one gives {[d.tolist() for d in digits]}.")
+        self.digit_ids = np.concatenate(digits)
+        a, b, c = (len(p) for p in self.needle_parts)
+        self.needle_len = a + b + c + 2 * self.num_digits
+        self.copy_offset = a + self.num_digits + b  # second copy of the key, from the needle's start
+        self._tiled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ sizes
+    def fixed_tokens(self, with_answer: bool = True) -> int:
+        """Tokens of a row that are not haystack."""
+        n = len(self.prefix) + self.needle_len + len(self.question)
+        return n + (self.num_digits if with_answer else 0)
+
+    def haystack_tokens(self, seq_len: int, with_answer: bool = True) -> int:
+        n = int(seq_len) - self.fixed_tokens(with_answer)
+        if n < 0:
+            raise ValueError(f"seq_len={seq_len} is too short for a passkey row: the template, needle and question "
+                             f"take {self.fixed_tokens(with_answer)} tokens. Use a longer stage seq_len.")
+        return n
+
+    def _stacked(self, n_hay: int) -> tuple[np.ndarray, np.ndarray]:
+        """ids [sources, W] and snap [sources, W + 1] of every haystack tiled to >= n_hay + its length
+        tokens (so that any start offset within the first copy has n_hay tokens after it)."""
+        if n_hay not in self._tiled:
+            tiled = [src.tiled(n_hay + src.length) for src in self.sources]
+            width = max(len(t[0]) for t in tiled)
+            ids = np.stack([np.pad(t[0], (0, width - len(t[0]))) for t in tiled])
+            snap = np.stack([np.pad(t[2], (0, width + 1 - len(t[2])), mode="edge") for t in tiled])
+            self._tiled = {n_hay: (ids, snap)}  # one stage at a time: keep only the current length
+        return self._tiled[n_hay]
+
+    # ------------------------------------------------------------------ assembly
+    def draw_keys(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """[n, D] digits, uniform over [10**(D-1), 10**D - 1]."""
+        first = rng.integers(1, 10, size=(n, 1))
+        rest = rng.integers(0, 10, size=(n, self.num_digits - 1))
+        return np.concatenate([first, rest], axis=1).astype(np.int32)
+
+    def assemble(self, digits: np.ndarray, source: np.ndarray, offset: np.ndarray, pos_raw: np.ndarray,
+                 seq_len: int, *, with_answer: bool = True) -> dict[str, np.ndarray]:
+        """Rows for given keys [B, D], haystack index [B], haystack start offset [B] and requested needle
+        position [B] (in haystack tokens, snapped back to a sentence end; ``pos_raw == n_hay`` is the very
+        end). Returns ``input_ids`` [B, S] and ``needle_start`` [B] (index of the needle's first token)."""
+        b = len(digits)
+        s = int(seq_len)
+        n_hay = self.haystack_tokens(s, with_answer)
+        p, nn = len(self.prefix), self.needle_len
+        key_ids = self.digit_ids[digits]  # [B, D]
+        a, m, c = self.needle_parts
+        needle = np.concatenate([np.broadcast_to(a, (b, len(a))), key_ids, np.broadcast_to(m, (b, len(m))),
+                                 key_ids, np.broadcast_to(c, (b, len(c)))], axis=1)
+        ids_2d, snap_2d = self._stacked(n_hay)  # one fancy-index gather for all rows and sources
+        width = ids_2d.shape[1]
+        pos_raw = np.minimum(pos_raw, n_hay)
+        last_end = snap_2d[source, offset + pos_raw]  # absolute index just after the last '.' before it
+        pos = np.where(last_end > offset, last_end - offset, 0)
+        pos = np.where(pos_raw >= n_hay, n_hay, pos)
+
+        rel = np.arange(n_hay + nn)[None, :]  # position inside the haystack+needle region
+        in_needle = (rel >= pos[:, None]) & (rel < pos[:, None] + nn)
+        hay_index = offset[:, None] + np.where(rel < pos[:, None], rel, rel - nn)
+        hay_index = np.clip(hay_index, 0, width - 1)
+        hay = ids_2d[source[:, None], hay_index]
+        needle_tok = np.take_along_axis(needle, np.clip(rel - pos[:, None], 0, nn - 1), axis=1)
+        middle = np.where(in_needle, needle_tok, hay)
+        parts = [np.broadcast_to(self.prefix, (b, p)), middle, np.broadcast_to(self.question, (b, len(self.question)))]
+        if with_answer:
+            parts.append(key_ids)
+        ids = np.concatenate(parts, axis=1).astype(np.int32)
+        assert ids.shape == (b, s), (ids.shape, s)
+        return {"input_ids": ids, "needle_start": (p + pos).astype(np.int64)}
+
+    def last_segment_start(self, seq_len: int) -> int:
+        return ((int(seq_len) - 1) // self.segment_length) * self.segment_length
+
+    def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
+               virtual_length_max: float = 1.0, prob_r_one: float = 0.1) -> dict[str, np.ndarray]:
+        """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``."""
+        b, s = int(batch_size), int(seq_len)
+        n_hay = self.haystack_tokens(s)
+        digits = self.draw_keys(rng, b)
+        source = rng.choice(len(self.sources), size=b, p=self.weights)
+        lengths = np.asarray([src.length for src in self.sources])[source]
+        raw_offset = (rng.random(b) * lengths).astype(np.int64)
+        offset = self._stacked(n_hay)[1][source, raw_offset]  # start the haystack at a sentence start
+        # Needle position: uniform depth, or (with probability force_early) anywhere that ends before the
+        # final segment, when the layout allows it.
+        pos_raw = rng.integers(0, n_hay + 1, size=b)
+        early_max = self.last_segment_start(s) - len(self.prefix) - self.needle_len
+        if early_max >= 0:
+            early = rng.random(b) < force_early
+            pos_raw = np.where(early, rng.integers(0, early_max + 1, size=b), pos_raw)
+        out = self.assemble(digits, source, offset, pos_raw, s)
+        start = out["needle_start"]
+        t = np.arange(s)[None, :]
+        needle_mask = (t >= start[:, None]) & (t < start[:, None] + self.needle_len)
+        weight = np.ones((b, s), np.float32)
+        if virtual_length_max > 1:
+            r = np.exp(rng.random(b) * np.log(virtual_length_max))
+            r = np.where(rng.random(b) < prob_r_one, 1.0, r).astype(np.float32)
+            weight = np.where(needle_mask, np.float32(1), r[:, None]).astype(np.float32)
+        d = self.num_digits
+        lm_mask = np.ones((b, s), np.float32)
+        lm_mask[:, -1] = 0
+        answer_mask = np.zeros((b, s), np.float32)
+        answer_mask[:, s - d - 1 : s - 1] = 1
+        copy_first = start + self.copy_offset  # the second copy's first digit; predicted one position earlier
+        copy_mask = ((t >= copy_first[:, None] - 1) & (t < copy_first[:, None] - 1 + d)).astype(np.float32)
+        far = (start + self.needle_len <= self.last_segment_start(s)).astype(np.float32)
+        return {"input_ids": out["input_ids"], "write_weight": weight, "lm_mask": lm_mask,
+                "answer_mask": answer_mask, "copy_mask": copy_mask, "far": far, "is_passkey": np.ones(b, np.float32),
+                "needle_start": start, "digits": digits, "source": source}
+
+    def eval_prompts(self, keys: list[str], context_length: int, depth_percent: float,
+                     source: int) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation prompts of exactly ``context_length`` tokens without the answer, the haystack starting
+        at its first token and the needle placed as ``infini_jax.data.prompts`` places it. Returns ids [B, S]
+        and the needle's first token index [B]."""
+        digits = np.asarray([[int(ch) for ch in k] for k in keys], np.int32)
+        if digits.shape[1] != self.num_digits:
+            raise ValueError(f"Keys {keys} do not have {self.num_digits} digits.")
+        n_hay = self.haystack_tokens(context_length, with_answer=False)
+        pos = needle_position(self.sources[source].tiled(n_hay)[1][:n_hay], depth_percent)
+        b = len(keys)
+        out = self.assemble(digits, np.full(b, source), np.zeros(b, np.int64), np.full(b, pos), context_length,
+                            with_answer=False)
+        return out["input_ids"], out["needle_start"]
+
+
+# ----------------------------------------------------------------------------- plain text
+def text_files(spec: str) -> list[str]:
+    """``*.txt`` files named by a comma-separated list of files, directories (all ``*.txt`` inside,
+    recursively) and glob patterns."""
+    paths: list[str] = []
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        if os.path.isdir(part):
+            paths += sorted(glob.glob(os.path.join(part, "**", "*.txt"), recursive=True))
+        elif any(ch in part for ch in "*?["):
+            paths += sorted(glob.glob(part, recursive=True))
+        elif os.path.isfile(part):
+            paths.append(part)
+        else:
+            raise ValueError(f"Text data {part!r} is neither a file, a directory nor a glob pattern that matches.")
+    if not paths:
+        raise ValueError(f"No .txt files found for data.text_files={spec!r}.")
+    return paths
+
+
+class TextStream:
+    """Plain-text documents tokenised once into one token stream (``[BOS] doc [EOS]`` each), cut into
+    windows of ``seq_len`` at random offsets (packing: a window can span documents).
+
+    The token stream is cached as ``cache_path`` (``.npy``) so a resumed run does not re-tokenise.
+    """
+
+    def __init__(self, tokenizer, paths: list[str], *, cache_path: str | None = None, chunk_chars: int = 1 << 20):
+        if cache_path and os.path.isfile(cache_path):
+            self.tokens = np.load(cache_path)
+        else:
+            bos = leading_special_ids(tokenizer)
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            pieces = []
+            for path in paths:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                if not text.strip():
+                    continue
+                ids = [] + bos
+                for i in range(0, len(text), chunk_chars):  # bounded tokenizer calls for huge files
+                    ids += tokenizer(text[i : i + chunk_chars], add_special_tokens=False)["input_ids"]
+                pieces.append(np.asarray(ids + eos, np.int32))
+            if not pieces:
+                raise ValueError(f"The text files {paths[:5]}... are empty.")
+            self.tokens = np.concatenate(pieces)
+            if cache_path:
+                os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+                np.save(cache_path, self.tokens)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        n = len(self.tokens)
+        if n < seq_len:
+            reps = -(-seq_len // n) + 1
+            self.tokens = np.tile(self.tokens, reps)
+            n = len(self.tokens)
+        starts = rng.integers(0, n - seq_len + 1, size=batch_size)
+        ids = self.tokens[starts[:, None] + np.arange(seq_len)[None, :]]
+        b = batch_size
+        lm_mask = np.ones((b, seq_len), np.float32)
+        lm_mask[:, -1] = 0
+        zeros = np.zeros((b, seq_len), np.float32)
+        return {"input_ids": ids.astype(np.int32), "write_weight": np.ones((b, seq_len), np.float32),
+                "lm_mask": lm_mask, "answer_mask": zeros, "copy_mask": zeros.copy(), "far": np.zeros(b, np.float32),
+                "is_passkey": np.zeros(b, np.float32)}
+
+
+def concat_batches(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Row-wise concatenation of batches (the fields of ``BATCH_KEYS``)."""
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in BATCH_KEYS}

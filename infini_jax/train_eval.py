@@ -1,0 +1,147 @@
+"""The final evaluation of the training job: greedy generation on freshly generated passkey prompts.
+
+Prompts use the training wording (``train_data.PasskeyBatcher.eval_prompts``, identical to
+``infini_jax.data.prompts``) with held-out pass keys (``eval.seed``) and held-out haystack text
+(``eval.varied_seed`` for the generated style). A sample is an exact match when the first ``num_digits``
+generated tokens spell the key (``correct`` / ``correct_strict`` follow ``infini_jax.results.score``).
+Records go to ``workdir/eval/results.jsonl`` (resumable; ``summary.json`` and ``heatmap.png`` beside it) and
+the exact-match table per context length, depth and haystack to ``workdir/eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from infini_jax.model import InfiniLlama
+from infini_jax.train_data import PasskeyBatcher, haystack_text
+
+EVAL_FILE = "eval.json"
+EVAL_DIR = "eval"
+
+
+def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, context_lengths: Iterable[int],
+                     depths: Iterable[float], num_samples: int, haystack_names: Iterable[str], seed: int,
+                     batch_size: int = 8, prefill_chunk_tokens: int | None = None,
+                     results_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Greedy exact match of the key's digits on fresh prompts (keys from ``seed``; one prompt layout per
+    haystack of ``batcher``, named ``haystack_names``). Resumable through ``results_dir/results.jsonl``."""
+    from infini_jax.data.prompts import draw_passkeys
+    from infini_jax.generate import GenerationConfig, Generator
+    from infini_jax.results import ResultsWriter, score, segment_info
+
+    seg = model.cfg.segment_length
+    d = batcher.num_digits
+    lengths = [int(c) for c in context_lengths if int(c) > batcher.fixed_tokens(with_answer=False)]
+    depths = [float(x) for x in depths]
+    names = list(haystack_names)
+    chunk = int(prefill_chunk_tokens) if prefill_chunk_tokens else None
+    if chunk:
+        chunk = max(seg, chunk // seg * seg)
+    gen = Generator(model, GenerationConfig(max_new_tokens=d, batch_size=int(batch_size), prefill_chunk_tokens=chunk))
+    writer = ResultsWriter(results_dir) if results_dir is not None else None
+    done = {r["id"]: r for r in writer.records()} if writer else {}
+    keys = iter(draw_passkeys(len(lengths) * len(depths) * len(names) * num_samples, d, np.random.default_rng(seed)))
+    records = []
+    for ctx in lengths:
+        for depth in depths:
+            for k, name in enumerate(names):
+                ks = [next(keys) for _ in range(num_samples)]
+                ids_ = [f"train-eval-{name}-{ctx}-{depth:g}-{i}" for i in range(num_samples)]
+                if all(i in done for i in ids_):
+                    records += [done[i] for i in ids_]
+                    continue
+                t0 = time.perf_counter()
+                prompts, starts = batcher.eval_prompts(ks, ctx, depth, k)
+                outs = gen.generate([row.tolist() for row in prompts])
+                sec = (time.perf_counter() - t0) / num_samples
+                for sid, key, out, start in zip(ids_, ks, outs, starts, strict=True):
+                    text = tokenizer.decode(out, skip_special_tokens=True)
+                    correct, strict = score(key, text)
+                    needle_seg, n_seg = segment_info(int(start), ctx, seg)
+                    rec = {"id": sid, "dataset": f"train-eval-{name}", "context_length": ctx, "num_tokens": ctx,
+                           "depth_percent": depth, "needle_token_index": int(start), "needle_segment": needle_seg,
+                           "num_segments": n_seg, "answer": key, "generation": text, "correct": correct,
+                           "correct_strict": strict, "exact": text[:d] == key, "haystack": name, "seconds": sec}
+                    if sid not in done and writer is not None:
+                        writer.write(rec)
+                    records.append(done.get(sid, rec))
+            acc = np.mean([r["exact"] for r in records if r["context_length"] == ctx]) if records else 0.0
+            logging.info("eval: %d tokens, depth %g%%: running exact match %.3f", ctx, depth, acc)
+    return summarize_eval(records)
+
+
+def summarize_eval(records: list[dict]) -> dict[str, Any]:
+    """Exact match overall, per context length, per depth, per (length, depth) and per haystack."""
+
+    def acc(rs):
+        return {"exact_match": float(np.mean([r["exact"] for r in rs])) if rs else None,
+                "nanotron_correct": float(np.mean([r["correct"] for r in rs])) if rs else None, "num_samples": len(rs)}
+
+    def by(keyf):
+        groups: dict[str, list[dict]] = {}
+        for r in records:
+            groups.setdefault(keyf(r), []).append(r)
+        return {k: acc(v) for k, v in groups.items()}
+
+    far = [r for r in records if r["needle_segment"] is not None and r["needle_segment"] < r["num_segments"] - 1]
+    return {"overall": acc(records), "far_needles": acc(far),
+            "by_context_length": by(lambda r: str(r["context_length"])),
+            "by_depth": by(lambda r: f"{r['depth_percent']:g}"),
+            "by_context_length_and_depth": by(lambda r: f"{r['context_length']}/{r['depth_percent']:g}"),
+            "by_haystack": by(lambda r: r["haystack"])}
+
+
+def _get(config, name: str, default=None):
+    value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    return default if value is None else value
+
+
+def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The evaluation described by ``config.eval`` (a training config); None when disabled.
+
+    Writes ``workdir/eval/results.jsonl`` (+ summary.json, heatmap.png) and ``workdir/eval.json``.
+    """
+    ev = _get(config, "eval")
+    if ev is None or not bool(_get(ev, "enabled", True)):
+        return None
+    d = config.data
+    names = list(_get(ev, "haystacks", ("classic", "varied")))
+    texts = {}
+    for name in names:
+        if name == "varied":  # the training style, held-out text
+            texts[name] = haystack_text(str(_get(d, "varied_haystack", "generated")),
+                                        seed=int(_get(ev, "varied_seed", 12345)))
+        else:
+            texts[name] = haystack_text(name)
+    batcher = PasskeyBatcher(tokenizer, segment_length=model.cfg.segment_length,
+                             num_digits=int(_get(d, "num_digits", 5)), haystacks=texts)
+    workdir = os.fspath(workdir)
+    results_dir = os.path.join(workdir, EVAL_DIR)
+    t0 = time.perf_counter()
+    summary = evaluate_passkey(
+        model, tokenizer, batcher, context_lengths=_get(ev, "context_lengths", ()),
+        depths=_get(ev, "depths", (0, 50, 100)), num_samples=int(_get(ev, "num_samples", 2)), haystack_names=names,
+        seed=int(_get(ev, "seed", 1234)), batch_size=int(_get(ev, "batch_size", 8)),
+        prefill_chunk_tokens=_get(ev, "prefill_chunk_tokens"), results_dir=results_dir)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    with open(os.path.join(workdir, EVAL_FILE), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    if summary["overall"]["num_samples"]:
+        try:
+            from infini_jax import analyze
+
+            analyze.write_summary(results_dir, segment_length=model.cfg.segment_length,
+                                  model_name="trained (infini_jax.train)")
+        except Exception as e:  # the heatmap is a bonus; eval.json is the result
+            logging.warning("Could not write the eval summary / heatmap: %s", e)
+    logging.info("Final evaluation: exact match %s overall; per context length %s", summary["overall"]["exact_match"],
+                 {k: v["exact_match"] for k, v in summary["by_context_length"].items()})
+    return summary
