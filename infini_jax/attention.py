@@ -27,15 +27,19 @@ from infini_jax.layers import apply_rope, einsum_f32, matmul_precision, param
 class LayerCache(NamedTuple):
     """Per-layer decoding state.
 
-    M: [B, K, D, D], z: [B, K, D] (memory of all folded segments, state dtype);
-    k_rot, k_raw, v: [B, L, K, D] the current segment's keys (RoPE'd for attention, raw for the later
-    memory write) and values, in the compute dtype. Slots at or beyond the row's offset are stale.
+    M: [B, K, D, D], z: [B, K, D]: memory of all completed segments (state dtype), what reads see;
+    dM, dz: the current segment's pending delta-rule contribution so far, computed against (M, z) and
+    added to them when the segment completes (the delta rule uses the memory *before* the segment, so
+    the contribution can be accumulated token by token);
+    k_rot, v: [B, L, K, D] the current segment's RoPE'd keys and values (compute dtype) for local
+    attention. Slots at or beyond the row's offset are stale.
     """
 
     M: jax.Array
     z: jax.Array
+    dM: jax.Array
+    dz: jax.Array
     k_rot: jax.Array
-    k_raw: jax.Array
     v: jax.Array
 
 
@@ -43,7 +47,7 @@ def init_layer_cache(cfg: ModelConfig, batch: int) -> LayerCache:
     k, d, seg = cfg.num_kv_heads, cfg.head_dim, cfg.segment_length
     state = mem.init_memory(batch, k, d, cfg.state_dtype)
     buf = jnp.zeros((batch, seg, k, d), cfg.compute_dtype)
-    return LayerCache(M=state.M, z=state.z, k_rot=buf, k_raw=buf, v=buf)
+    return LayerCache(M=state.M, z=state.z, dM=state.M, dz=state.z, k_rot=buf, v=buf)
 
 
 def gate_activation(x: jax.Array, kind: GateActivation) -> jax.Array:
@@ -133,14 +137,14 @@ class InfiniAttention(nnx.Module):
         return jnp.einsum("btnd,ndh->bth", attn, self.o_proj[...].astype(dt), precision=pr).astype(dt)
 
     # ------------------------------------------------------------------ chunk of segments
-    def __call__(self, x: jax.Array, cache: LayerCache, *, seg_start: jax.Array, last_seg: jax.Array,
+    def __call__(self, x: jax.Array, cache: LayerCache, *, seg_start: jax.Array, num_tokens: jax.Array,
                  weight: jax.Array, stop_gradient_between_segments: bool = False):
         """Runs C whole segments.
 
         x: [B, T, H] with T = C * L; seg_start: scalar, global index of the chunk's first segment;
-        last_seg: [B], global index of each row's last real segment (segments before it are folded into
-        the memory; it stays in the cache's segment buffer); weight: [B, T] memory write weights.
-        Returns y [B, T, H] and the updated cache.
+        num_tokens: [B], each row's total number of real tokens. Segments before a row's last real
+        segment are folded into the memory; the last one stays in the cache (segment buffer + pending
+        delta). weight: [B, T] memory write weights. Returns y [B, T, H] and the updated cache.
         """
         cfg = self.cfg
         b, t, _ = x.shape
@@ -149,6 +153,7 @@ class InfiniAttention(nnx.Module):
             raise ValueError(f"Chunk length {t} is not a multiple of segment_length {seg}.")
         c = t // seg
         n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        last_seg = (num_tokens - 1) // seg
         q, k, v = self._project(x)
         positions = jnp.broadcast_to(jnp.tile(jnp.arange(seg, dtype=jnp.int32), c)[None], (b, t))
         q_rot, k_rot = self._rope(q, positions), self._rope(k, positions)
@@ -181,49 +186,63 @@ class InfiniAttention(nnx.Module):
         in_chunk = (j >= 0) & (j < c)
         jc = jnp.clip(j, 0, c - 1)
 
-        def pick(new: jax.Array, old: jax.Array) -> jax.Array:
-            segs = new.reshape(b, c, seg, kv, d)
-            taken = jnp.take_along_axis(segs, jc[:, None, None, None, None], axis=1)[:, 0]
-            return jnp.where(in_chunk[:, None, None, None], taken.astype(old.dtype), old)
+        def take(new: jax.Array) -> jax.Array:
+            segs = new.reshape(b, c, seg, *new.shape[2:])
+            return jnp.take_along_axis(segs, jc.reshape((b, 1) + (1,) * (segs.ndim - 2)), axis=1)[:, 0]
 
-        new_cache = LayerCache(M=state.M, z=state.z, k_rot=pick(k_rot, cache.k_rot),
-                               k_raw=pick(k, cache.k_raw), v=pick(v, cache.v))
+        def pick(taken: jax.Array, old: jax.Array) -> jax.Array:
+            keep = in_chunk.reshape((b,) + (1,) * (old.ndim - 1))
+            return jnp.where(keep, taken.astype(old.dtype), old)
+
+        pending = mem.MemoryState(cache.dM, cache.dz)
+        if cfg.turn_on_memory:
+            # The last segment's tokens so far, as a pending delta against the memory before it.
+            sdt = cfg.state_dtype
+            filled = num_tokens - last_seg * seg
+            w_last = (jnp.arange(seg)[None, :] < filled[:, None]).astype(jnp.float32) * take(weight)
+            delta = mem.memory_delta(state, mem.sigma(take(k).astype(sdt)), take(v).astype(sdt), w_last,
+                                     last_seg > 0)
+            pending = jax.tree.map(pick, delta, pending)
+        new_cache = LayerCache(M=state.M, z=state.z, dM=pending.M, dz=pending.z,
+                               k_rot=pick(take(k_rot), cache.k_rot), v=pick(take(v), cache.v))
         return self._output(attn), new_cache
 
     # ------------------------------------------------------------------ one token
     def decode(self, x: jax.Array, cache: LayerCache, positions: jax.Array):
-        """One new token per row. x: [B, 1, H]; positions: [B] global index of the new token."""
+        """One new token per row. x: [B, 1, H]; positions: [B] global index of the new token.
+
+        No fold of a whole segment ever happens here: each token's delta-rule contribution is added to
+        the pending (dM, dz) when it arrives, and the pending delta joins (M, z) when the next segment
+        starts, as nanotron's recompute loop would fold it. Cost per step: O(D^2) per kv head.
+        """
         cfg = self.cfg
         seg = cfg.segment_length
         offset = positions % seg
-        state = mem.MemoryState(cache.M, cache.z)
-        if cfg.turn_on_memory:
-            # Fold the (full) buffered segment when this token opens a new segment.
-            need_fold = (offset == 0) & (positions > 0)
-
-            def fold(s: mem.MemoryState) -> mem.MemoryState:
-                sdt = cfg.state_dtype
-                w = jnp.broadcast_to(need_fold[:, None].astype(jnp.float32), (x.shape[0], seg))
-                new = mem.write_memory(s, mem.sigma(cache.k_raw.astype(sdt)), cache.v.astype(sdt), w,
-                                       positions >= 2 * seg)
-                return jax.tree.map(lambda a, o: jnp.where(
-                    need_fold.reshape((-1,) + (1,) * (a.ndim - 1)), a, o), new, s)
-
-            state = jax.lax.cond(jnp.any(need_fold), fold, lambda s: s, state)
-
         q, k, v = self._project(x)
         pos = offset[:, None]
         q_rot, k_rot = self._rope(q, pos), self._rope(k, pos)
         slot = (jnp.arange(seg)[None, :] == offset[:, None])[:, :, None, None]  # [B, L, 1, 1]
         k_rot_buf = jnp.where(slot, k_rot, cache.k_rot)
-        k_raw_buf = jnp.where(slot, k, cache.k_raw)
         v_buf = jnp.where(slot, v, cache.v)
         visible = (jnp.arange(seg)[None, :] <= offset[:, None])[:, None, None, None, :]
         local = local_attention(q_rot, k_rot_buf, v_buf, visible, matmul_precision(cfg))
+        state, pending = mem.MemoryState(cache.M, cache.z), mem.MemoryState(cache.dM, cache.dz)
         if cfg.turn_on_memory:
-            a_mem = mem.read_memory(self._sigma_q(q, q_rot), state, positions >= seg)
+            sdt = cfg.state_dtype
+            starts_segment = (offset == 0) & (positions > 0)
+
+            def on_boundary(new, old):
+                return jnp.where(starts_segment.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+            state = jax.tree.map(on_boundary, mem.add(state, pending), state)
+            pending = jax.tree.map(on_boundary, jax.tree.map(jnp.zeros_like, pending), pending)
+            has_memory = positions >= seg
+            delta = mem.memory_delta(state, mem.sigma(k.astype(sdt)), v.astype(sdt),
+                                     jnp.ones(positions.shape + (1,), jnp.float32), has_memory)
+            pending = mem.add(pending, delta)
+            a_mem = mem.read_memory(self._sigma_q(q, q_rot), state, has_memory)
             attn = self._combine(local, a_mem.reshape(local.shape))
         else:
             attn = local
-        new_cache = LayerCache(M=state.M, z=state.z, k_rot=k_rot_buf, k_raw=k_raw_buf, v=v_buf)
+        new_cache = LayerCache(M=state.M, z=state.z, dM=pending.M, dz=pending.z, k_rot=k_rot_buf, v=v_buf)
         return self._output(attn), new_cache

@@ -68,12 +68,14 @@ def read_memory(sigma_q: jax.Array, state: MemoryState, has_memory: jax.Array) -
     return _safe_div(num, den, valid).astype(dt)
 
 
-def write_memory(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
+def memory_delta(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
                  has_memory: jax.Array) -> MemoryState:
-    """Delta-rule update with one segment.
+    """What one segment (or part of it) adds to the memory under the delta rule, computed against
+    ``state`` = the memory before that segment.
 
     sigma_k, v: [B, T, K, D] (state dtype); weight: [B, T] per-token write weight; has_memory: [B] bool
-    (False for the first written segment, where V' = V).
+    (False for the first written segment, where V' = V). Returns (dM [B, K, D, D], dz [B, K, D]).
+    Deltas of disjoint token sets of one segment add up (decoding accumulates them token by token).
     """
     dt = state.M.dtype
     retrieved = _safe_div(
@@ -85,9 +87,19 @@ def write_memory(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: j
     written = (weight > 0)[:, :, None, None]
     v_delta = jnp.where(written, (v.astype(dt) - retrieved).astype(dt), 0)
     weighted_k = jnp.where(written, sigma_k * weight[:, :, None, None].astype(dt), 0).astype(dt)
-    M = (state.M + _mm("btkd,btke->bkde", weighted_k, v_delta, dt)).astype(dt)
-    z = (state.z + jnp.sum(weighted_k.astype(jnp.float32), axis=1).astype(dt)).astype(dt)
-    return MemoryState(M=M, z=z)
+    dM = _mm("btkd,btke->bkde", weighted_k, v_delta, dt)
+    dz = jnp.sum(weighted_k.astype(jnp.float32), axis=1).astype(dt)
+    return MemoryState(M=dM, z=dz)
+
+
+def add(state: MemoryState, delta: MemoryState) -> MemoryState:
+    return MemoryState(M=(state.M + delta.M).astype(state.M.dtype), z=(state.z + delta.z).astype(state.z.dtype))
+
+
+def write_memory(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
+                 has_memory: jax.Array) -> MemoryState:
+    """Delta-rule update with one segment: ``state + memory_delta(state, ...)`` (shapes as there)."""
+    return add(state, memory_delta(state, sigma_k, v, weight, has_memory))
 
 
 def memory_scan(sigma_q: jax.Array, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,

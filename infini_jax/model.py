@@ -91,9 +91,10 @@ class InfiniLlama(nnx.Module):
                          precision=matmul_precision(self.cfg))
         return out.astype(dt).astype(jnp.float32)
 
-    def run_chunk(self, input_ids: jax.Array, cache: ModelCache, *, seg_start, last_seg: jax.Array,
+    def run_chunk(self, input_ids: jax.Array, cache: ModelCache, *, seg_start, num_tokens: jax.Array,
                   weight: jax.Array | None = None, stop_gradient_between_segments: bool = False):
-        """Runs whole segments through every block. input_ids: [B, T] with T a multiple of L.
+        """Runs whole segments through every block. input_ids: [B, T] with T a multiple of L;
+        num_tokens: [B] each row's total real length (see ``InfiniAttention.__call__``).
 
         Returns hidden states [B, T, H] (before the final norm) and the updated per-layer caches.
         """
@@ -102,7 +103,7 @@ class InfiniLlama(nnx.Module):
             weight = jnp.ones(input_ids.shape, jnp.float32)
         new_layers = []
         for block, layer_cache in zip(self.layers, cache.layers, strict=True):
-            x, layer_cache = block(x, layer_cache, seg_start=seg_start, last_seg=last_seg, weight=weight,
+            x, layer_cache = block(x, layer_cache, seg_start=seg_start, num_tokens=num_tokens, weight=weight,
                                    stop_gradient_between_segments=stop_gradient_between_segments)
             new_layers.append(layer_cache)
         return x, tuple(new_layers)
@@ -122,7 +123,7 @@ class InfiniLlama(nnx.Module):
         if write_weight is not None:
             write_weight = jnp.pad(write_weight, ((0, 0), (0, pad)))
         hidden, _ = self.run_chunk(
-            ids, init_cache(self.cfg, b), seg_start=0, last_seg=jnp.full((b,), n_seg - 1, jnp.int32),
+            ids, init_cache(self.cfg, b), seg_start=0, num_tokens=jnp.full((b,), s, jnp.int32),
             weight=write_weight, stop_gradient_between_segments=stop_gradient_between_segments,
         )
         return self.logits(hidden[:, :s])
@@ -141,7 +142,6 @@ class InfiniLlama(nnx.Module):
         if p % seg:
             raise ValueError(f"prefill needs a padded length that is a multiple of {seg}, got {p}.")
         lengths = lengths.astype(jnp.int32)
-        last_seg = (lengths - 1) // seg
         chunk = seg * chunk_segments if chunk_segments else p
         if p % chunk:
             raise ValueError(f"Padded length {p} is not a multiple of the prefill chunk {chunk}.")
@@ -155,7 +155,7 @@ class InfiniLlama(nnx.Module):
             start = index * chunk
             hidden, layers = self.run_chunk(chunk_ids, ModelCache(layers, lengths),
                                             seg_start=index * chunk_segments if chunk_segments else 0,
-                                            last_seg=last_seg)
+                                            num_tokens=lengths)
             local = lengths - 1 - start
             inside = (local >= 0) & (local < chunk)
             picked = jnp.take_along_axis(hidden, jnp.clip(local, 0, chunk - 1)[:, None, None], axis=1)[:, 0]
