@@ -9,8 +9,8 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from infini_jax import load_model
 from infini_jax.formats.nanotron import read_nanotron_checkpoint
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference_numpy as ref
 from flax import nnx
 
-import reference_numpy as ref
 from infini_jax import GenerationConfig, Generator, generate_by_recompute, random_model
 from infini_jax.config import ModelConfig
 from infini_jax.generate import bucket_length

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference_numpy as ref
+
 from infini_jax import load_model, random_model
 from infini_jax.config import ModelConfig
 from infini_jax.formats.nanotron import read_nanotron_checkpoint, write_nanotron_checkpoint
