@@ -427,7 +427,7 @@ def write_summary(
         if not os.path.isfile(os.path.join(results_dir, RESULTS_FILENAME)):
             raise ValueError(
                 f"{results_dir!r} has no {RESULTS_FILENAME}: pass a directory written by the "
-                "evaluation (python -m infini_jax.evaluate ... writes it)."
+                "evaluation (python main.py --config=configs/<job>.py writes it)."
             )
         records = read_results(results_dir)
     summary = summarize(records, model_name=model_name, segment_length=segment_length)

@@ -264,10 +264,14 @@ def dataset_groups(config, tokenizer) -> list[SampleGroup]:
     unique = _unique_dataset_ids(ds)
     if not unique:
         logging.info("%s: the id column is not unique; result ids are '<id>-row<row index>'.", name)
+    depths = eval_depths(config)
+    if "depth_percent" not in ds.column_names:
+        logging.warning("%s has no depth_percent column: every row is evaluated, results have no depth.", name)
+        depths = None
     groups = []
     for ctx in eval_context_lengths(config):
         samples = select_samples(
-            ds, depths=eval_depths(config), num_shots=int(_opt(config, "num_shots", 0)),
+            ds, depths=depths, num_shots=int(_opt(config, "num_shots", 0)),
             num_digits=int(_opt(config, "num_digits", 0)), context_length=ctx,
             num_samples=_opt(config, "num_samples"), seed=int(_opt(config, "seed", 42)), dataset_name=name,
         )
@@ -415,7 +419,7 @@ def make_record(sample: PromptSample, new_ids: list[int], text: str, seconds: fl
     return {
         "id": sample.id,
         "dataset": sample.dataset,
-        "context_length": int(sample.context_length),
+        "context_length": int(sample.context_length) or n,  # a dataset without the column: the real length
         "num_tokens": n,
         "depth_percent": sample.depth_percent,
         "needle_token_index": sample.needle_token_index,
@@ -432,16 +436,20 @@ def make_record(sample: PromptSample, new_ids: list[int], text: str, seconds: fl
     }
 
 
-def _preview(tokenizer, sample: PromptSample, head: int = 240, tail: int = 120) -> str:
+def _preview(tokenizer, sample: PromptSample, head: int = 200, tail: int = 100) -> str:
+    """``<start of the prompt> ... [needle at token i: "..."] ... <end of the prompt>``, newlines escaped."""
+    ids = sample.input_ids
     if sample.prompt is not None:
-        text = sample.prompt
+        start, end = sample.prompt[:head], sample.prompt[-tail:]
+        m = re.search(rf"[Tt]he pass key is {re.escape(sample.answer)}\b[^.]*\.", sample.prompt)
+        needle = m.group(0) if m else None
     else:
-        ids = sample.input_ids
-        text = tokenizer.decode(ids[:96]) + ("" if len(ids) <= 160 else " … ") + tokenizer.decode(ids[-64:])
-    text = text.replace("\n", "\\n")
-    if len(text) <= head + tail + 10:
-        return text
-    return f"{text[:head]} [... {len(sample.input_ids)} tokens ...] {text[-tail:]}"
+        start, end = tokenizer.decode(ids[:head]), tokenizer.decode(ids[-tail:])
+        start, end = start[:head], end[-tail:]
+        needle = sample.extra.get("needle_text")
+    where = "" if sample.needle_token_index is None else f" at token {sample.needle_token_index}"
+    middle = f" ... [needle{where}: {needle.strip()!r}] ... " if needle else " ... "
+    return f"{start}{middle}{end} ({len(ids)} tokens)".replace("\n", "\\n")
 
 
 def _batches(samples: list[PromptSample], batch_size: int, segment_length: int, chunk: int | None):

@@ -219,7 +219,10 @@ def test_tokenizer_larger_than_vocab(tmp_path):
 # ----------------------------------------------------------------------------- benchmark suite
 
 
-def test_benchmark_suite_combined_report(model_dir, tmp_path, capsys):
+def test_benchmark_suite_combined_report(model_dir, loaded, tmp_path, capsys, monkeypatch):
+    # Reuse the module's compiled generator (same shapes): the suite's orchestration is what is tested here.
+    monkeypatch.setattr(evaluate, "load_eval_model", lambda config, mesh=None: loaded[0])
+    monkeypatch.setattr(evaluate, "make_generator", lambda config, model, tokenizer, mesh=None: loaded[2])
     cfg = _config(model_dir, tmp_path, job="benchmark_suite", depths=(0, 100), num_samples=1)
     combined = runner.run(cfg)
     assert combined["context_lengths"] == [256, 320] and combined["total_samples"] == 4
