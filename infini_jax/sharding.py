@@ -296,16 +296,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+# Logical axes of each LayerCache field: memory [B, K, D, D] / [B, K, D], segment buffers [B, L, K, D].
+CACHE_AXES: dict[str, tuple[str | None, ...]] = {
+    "M": ("batch", "kv_heads", None, None),
+    "z": ("batch", "kv_heads", None),
+    "dM": ("batch", "kv_heads", None, None),
+    "dz": ("batch", "kv_heads", None),
+    "k_rot": ("batch", None, "kv_heads", None),
+    "k_raw": ("batch", None, "kv_heads", None),
+    "v": ("batch", None, "kv_heads", None),
+}
+
+
 def cache_specs(cfg: ModelConfig, rules: Rules | None = None, mesh_axes: Sequence[str] | None = None):
     """PartitionSpecs of a :class:`~infini_jax.model.ModelCache` (same pytree structure)."""
     from infini_jax.attention import LayerCache
     from infini_jax.model import ModelCache
 
-    spec = lambda *names: logical_to_spec(names, rules, mesh_axes)
-    buf = spec("batch", None, "kv_heads", None)
-    layer = LayerCache(M=spec("batch", "kv_heads", None, None), z=spec("batch", "kv_heads", None),
-                       k_rot=buf, k_raw=buf, v=buf)
-    return ModelCache(layers=tuple(layer for _ in range(cfg.num_layers)), positions=spec("batch"))
+    unknown = [f for f in LayerCache._fields if f not in CACHE_AXES]
+    if unknown:
+        raise ValueError(f"LayerCache fields {unknown} have no sharding axes: add them to "
+                         "infini_jax.sharding.CACHE_AXES.")
+    spec = lambda names: logical_to_spec(names, rules, mesh_axes)
+    layer = LayerCache(**{f: spec(CACHE_AXES[f]) for f in LayerCache._fields})
+    return ModelCache(layers=tuple(layer for _ in range(cfg.num_layers)), positions=spec(("batch",)))
 
 
 def cache_shardings(cfg: ModelConfig, batch: int, mesh: Mesh, rules: Rules | None = None):
