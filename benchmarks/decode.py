@@ -1,15 +1,16 @@
 """Decode: ms per token at batch 1 and tokens/s at batch 32, against the memory-bandwidth roofline.
 
-The loop is the Generator's step (``model.decode_step`` then greedy argmax, carried on the device in one
-compiled loop, no host round trip per token), run ``n_short`` and ``n_long`` steps from the same cache;
-per-token time = (t(n_long) - t(n_short)) / (n_long - n_short), which removes the dispatch and the final
-synchronisation from the figure. The trip count is an argument (a device ``while`` loop), so one compile
-serves both runs.
+The loop is the Generator's: ``model.decode_step`` then greedy argmax, ``n_steps`` (128) of them in one
+compiled ``lax.scan`` with a static trip count, no host round trip per token. The compiled loop is run as a
+chain of 1 and of 3 calls (each call continuing from the cache and token the previous one returned, one
+synchronisation at the end); per-token time = (t(3 calls) - t(1 call)) / (2 x n_steps), which removes the
+dispatch and the final synchronisation from the figure. One compile serves both.
 
-The cache is synthetic (no prefill is compiled): every row is at position L + 17, i.e. one segment
-already folded into the compressive memory and the second segment under way, with random positive values
-in M, z and the segment buffers (a step's cost does not depend on them). With L = 64 (the 8B config) the
-loop crosses segment boundaries, so its per-token time includes the amortised memory folds.
+The cache is synthetic (no prefill is compiled): every row starts at position L + 17, i.e. one segment
+already folded into the compressive memory and the second under way, with random positive values in M, z
+and the segment buffers (a step's cost does not depend on them). With L = 64 (the 8B config) the loop
+crosses segment boundaries, so its per-token time includes the amortised memory folds; with L >= 1024 it
+does not cross one.
 
 Roofline bytes per step: ``common.decode_bytes`` (all weights once, the input embedding only as B rows;
 per layer and row M, z and the RoPE'd key and value buffers); roofline time = bytes / measured copy
@@ -40,17 +41,17 @@ class Decode:
         jax.block_until_ready(self.state)
         self.init_s = time.perf_counter() - t0
 
-        def loop(state, tok, cache, n):
+        def loop(state, tok, cache, n_steps):
             m = nnx.merge(self.graphdef, state)
 
-            def body(_, carry):
+            def body(carry, _):
                 tok, cache = carry
                 logits, cache = m.decode_step(tok, cache)
-                return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+                return (jnp.argmax(logits, axis=-1).astype(jnp.int32), cache), None
 
-            return jax.lax.fori_loop(0, n, body, (tok, cache))
+            return jax.lax.scan(body, (tok, cache), None, length=n_steps)[0]
 
-        self.fn = jax.jit(loop)
+        self.fn = jax.jit(loop, static_argnames=("n_steps",))
 
     def cache(self, batch: int, seed: int = 1):
         import jax
@@ -67,6 +68,24 @@ class Decode:
         return cache._replace(layers=jax.tree.unflatten(treedef, leaves), positions=positions)
 
 
+def interleaved(fn_a, fn_b, reps: int, budget_s: float) -> tuple[list[float], list[float]]:
+    """Times a and b alternately (after one warm-up call of each), so that drift hits both alike."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn_a())
+    jax.block_until_ready(fn_b())
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, out in ((fn_a, ta), (fn_b, tb)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return ta, tb
+
+
 def run_config(name: str, batches: list[int], args, emit, deadline: common.Deadline):
     import jax
     import jax.numpy as jnp
@@ -78,9 +97,9 @@ def run_config(name: str, batches: list[int], args, emit, deadline: common.Deadl
     except Exception as e:  # noqa: BLE001
         emit.error(e, kind="init", **base)
         return
-    n_short, n_long = args.n_short, args.n_long
+    n = args.n_steps
     for batch in batches:
-        rec = dict(kind="decode", batch=batch, n_short=n_short, n_long=n_long,
+        rec = dict(kind="decode", batch=batch, n_steps=n, start_position=cfg.segment_length + 17,
                    roofline_bytes=common.decode_bytes(cfg, batch), **base)
         if not deadline.fits(10):
             emit(status="skipped", note="time budget", **rec)
@@ -89,18 +108,22 @@ def run_config(name: str, batches: list[int], args, emit, deadline: common.Deadl
             cache = bench.cache(batch)
             tok = jnp.zeros((batch,), jnp.int32)
             t0 = time.perf_counter()
-            compiled = bench.fn.lower(bench.state, tok, cache, jnp.int32(0)).compile()
+            compiled = bench.fn.lower(bench.state, tok, cache, n_steps=n).compile()
             compile_s = time.perf_counter() - t0
-            budget = max(1.0, min(15.0, deadline.left() / 3))
-            short = common.timed(functools.partial(compiled, bench.state, tok, cache, jnp.int32(n_short)),
-                                 warmup=1, reps=args.reps, budget_s=budget)
-            long = common.timed(functools.partial(compiled, bench.state, tok, cache, jnp.int32(n_long)),
-                                warmup=1, reps=args.reps, budget_s=budget)
+
+            def chain(calls, compiled=compiled, tok=tok, cache=cache):
+                carry = (tok, cache)
+                for _ in range(calls):
+                    carry = compiled(bench.state, *carry)
+                return carry
+
+            one, three = interleaved(functools.partial(chain, 1), functools.partial(chain, 3), args.reps,
+                                     budget_s=max(1.0, min(20.0, deadline.left() / 2)))
         except Exception as e:  # noqa: BLE001
             emit.error(e, **rec)
             continue
-        per_step = (common.median(long) - common.median(short)) / (n_long - n_short)
-        emit(status="ok", compile_s=compile_s, times_short_s=short, times_long_s=long, s_per_step=per_step,
+        per_step = (common.median(three) - common.median(one)) / (2 * n)
+        emit(status="ok", compile_s=compile_s, times_1call_s=one, times_3calls_s=three, s_per_step=per_step,
              ms_per_token=per_step * 1e3, tokens_per_s=batch / per_step if per_step > 0 else None,
              peak_bytes=common.peak_bytes(), **rec)
         del compiled, cache
@@ -112,12 +135,11 @@ def main(argv=None):
     p = common.base_parser(__doc__)
     p.add_argument("--configs", default="300m,1b,8b")
     p.add_argument("--batches", default=None, help=f"default {DEFAULT_BATCHES}")
-    p.add_argument("--n_short", type=int, default=16)
-    p.add_argument("--n_long", type=int, default=144)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--n_steps", type=int, default=128, help="decode steps per compiled call")
+    p.add_argument("--reps", type=int, default=5)
     args = p.parse_args(argv)
     if args.smoke:
-        args.n_short, args.n_long = min(args.n_short, 4), min(args.n_long, 20)
+        args.n_steps = min(args.n_steps, 16)
     batches = common.int_list(args.batches or ("1,4" if args.smoke else DEFAULT_BATCHES))
     emit = common.Emitter(args.jsonl, "decode")
     names = common.str_list(args.configs)

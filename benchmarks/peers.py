@@ -16,7 +16,7 @@ intermediate 4096, vocab 49152, segment 1024), random weights, bf16.
   earlier segments are never read), ``full_prompt`` first folds every earlier segment into its memories,
   then runs the same loop.
 ``hf`` (PyTorch): transformers ``LlamaForCausalLM`` with the same dims (full causal attention, no
-  segments), SDPA attention, bf16, forward over 1K..64K tokens (all-position logits) until OOM.
+  segments), SDPA attention, bf16, forward over 1K..128K tokens (all-position logits) until OOM.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run_recompute(args, emit, deadline: common.Deadline):
     fn = jax.jit(step)
     seg = cfg.segment_length
     rng = np.random.default_rng(0)
-    lengths = common.int_list(args.prompt_lengths or ("60,1000" if args.smoke else "1000,16000"))
+    lengths = common.int_list(args.prompt_lengths or ("60,1000" if args.smoke else "16000,1000"))
     for length in lengths:
         new = args.new_tokens
         padded = -(-(length + new) // seg) * seg
@@ -196,7 +196,7 @@ def run_lucidrains(args, emit, deadline: common.Deadline):
         t = common.median(times)
         emit(status="ok", times_s=times, time_s=t, tokens_per_s=length / t, peak_bytes=peak(), **rec)
 
-    prompt_lengths = common.int_list(args.prompt_lengths or ("60,1000" if args.smoke else "1000,16000"))
+    prompt_lengths = common.int_list(args.prompt_lengths or ("60,1000" if args.smoke else "16000,1000"))
     for length in prompt_lengths:
         for variant, fn in (("as_shipped", generate_shipped), ("full_prompt", generate_full)):
             rec = dict(kind="generate", variant=variant, prompt_tokens=length, new_tokens=args.new_tokens, batch=1,
@@ -224,7 +224,7 @@ def run_hf(args, emit, deadline: common.Deadline):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = common.model_config("300m", smoke=args.smoke)
-    lengths = common.int_list(args.hf_lengths or ("256,1024" if args.smoke else "1K,4K,16K,64K"))
+    lengths = common.int_list(args.hf_lengths or ("256" if args.smoke else "1K,4K,16K,64K,128K"))
     hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                          intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                          num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
@@ -265,10 +265,10 @@ def main(argv=None):
     common.env_setup()
     p = common.base_parser(__doc__)
     p.add_argument("which", choices=["recompute", "lucidrains", "hf"])
-    p.add_argument("--prompt_lengths", default=None, help="generation prompts (default 1000,16000)")
+    p.add_argument("--prompt_lengths", default=None, help="generation prompts (default 16000,1000)")
     p.add_argument("--new_tokens", type=int, default=15)
     p.add_argument("--prefill_lengths", default=None, help="lucidrains prefill lengths (default 16K,64K)")
-    p.add_argument("--hf_lengths", default=None, help="transformers forward lengths (default 1K,4K,16K,64K)")
+    p.add_argument("--hf_lengths", default=None, help="transformers forward lengths (default 1K,4K,16K,64K,128K)")
     args = p.parse_args(argv)
     emit = common.Emitter(args.jsonl, f"peers_{args.which}")
     deadline = common.Deadline(args.budget_s)

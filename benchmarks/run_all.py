@@ -2,14 +2,15 @@
 
 Every measurement runs in a child process (one per section and config): device memory peaks are then per
 process, a crash or an OOM costs one job, and this parent never touches the GPU. Jobs run in priority
-order under one time budget (``--budget_s``, default 480 s); each gets at most its cap and what is left,
-passes that on as its own soft budget, and is killed a little after it. The JSON and the markdown are
-rewritten after every job, so a run cut short keeps everything measured so far. If the environment has
+order under one time budget (``--budget_s``, default 480 s); each gets at most its cap and what is left
+(with ``--only``: what is left, shared in proportion to the caps), passes that on as its own soft budget,
+and is killed a little after it. The JSON and the markdown are rewritten after every job, so a run cut
+short keeps everything measured so far. If the environment has
 OUT (the device machine's output folder) and ``--out_dir`` is elsewhere, both files are copied there too.
 
-    python benchmarks/run_all.py --out_dir benchmarks/results              # GPU, ~8 minutes
-    python benchmarks/run_all.py --smoke --out_dir /tmp/bench_smoke        # CPU check, tiny configs
-    python benchmarks/run_all.py --only prefill --configs 8b --lengths 32K,128K,1M --budget_s 540
+    python3 benchmarks/run_all.py --out_dir benchmarks/results              # GPU, ~8 minutes
+    python3 benchmarks/run_all.py --smoke --out_dir /tmp/bench_smoke        # CPU check, tiny configs
+    python3 benchmarks/run_all.py --only prefill --configs 8b --lengths 32K,128K,1M --budget_s 540
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def plan(args) -> list[Job]:
         Job("hardware", "matmul", ["hardware.py"], 45),
         Job("prefill_300m", "prefill", ["prefill.py", "--configs", "300m", *lengths], 95, ("300m",)),
         Job("prefill_1b", "prefill", ["prefill.py", "--configs", "1b", *lengths], 110, ("1b",)),
-        Job("eval", "eval", ["eval_throughput.py"], 60, ("300m",)),
+        Job("eval", "eval", ["eval_throughput.py"], 75, ("300m",)),
         Job("recompute", "peers", ["peers.py", "recompute"], 45, ("300m",)),
         Job("lucidrains", "peers", ["peers.py", "lucidrains"], 50, ("300m",)),
         Job("decode", "decode", ["decode.py", "--configs", "300m,1b"], 70, ("300m", "1b")),
@@ -64,14 +65,17 @@ def plan(args) -> list[Job]:
         extra = {"prefill_300m": ["--lengths", args.lengths or "512,2048", "--sweep_chunks", "128"],
                  "prefill_1b": ["--lengths", args.lengths or "512,2048", "--sweep_chunks", "128"],
                  "prefill_8b": ["--lengths", args.lengths or "512", "--sweep_chunks", "none"],
-                 "eval": ["--prompt_lengths", "100,400", "--batches", "1,2", "--reps", "2"],
-                 "recompute": ["--prompt_lengths", "100,400", "--new_tokens", "6"],
-                 "lucidrains": ["--prompt_lengths", "100,400", "--prefill_lengths", "256,512"],
-                 "decode": ["--configs", "300m", "--batches", "1,4", "--reps", "2"],
+                 "eval": ["--prompt_lengths", "400", "--batches", "1,2", "--reps", "2"],
+                 "recompute": ["--prompt_lengths", "400", "--new_tokens", "6"],
+                 "lucidrains": ["--prompt_lengths", "400", "--prefill_lengths", "512"],
+                 "decode": ["--batches", "1,4", "--reps", "2"],
                  "decode_8b": ["--batches", "1", "--reps", "2"]}
         for job in jobs:
             job.argv = [a for a in job.argv if a not in ("--lengths", args.lengths)] + extra.get(job.name, [])
             job.cap_s = 60
+            if job.name == "decode":
+                job.configs = ("300m",)
+                job.argv[job.argv.index("--configs") + 1] = "300m"
     only = set(report_list(args.only)) if args.only else set(SECTIONS)
     unknown = only - set(SECTIONS)
     if unknown:
@@ -119,22 +123,33 @@ def versions() -> dict:
     return out
 
 
-def run_job(job: Job, jsonl: Path, budget_s: float, env: dict) -> tuple[str, float]:
-    cmd = [sys.executable, str(HERE / job.argv[0]), *job.argv[1:], "--jsonl", str(jsonl),
-           "--budget_s", f"{max(5.0, budget_s - 15):.0f}"]
-    print(f"\n=== {job.name}: {' '.join(cmd[1:])} (budget {budget_s:.0f} s)", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=budget_s + 20)
-        status = "ok" if rc == 0 else f"exit {rc}"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job's own process group, started above
-        proc.wait()
-        status = "killed (over budget)"
-    wall = time.perf_counter() - t0
-    print(f"=== {job.name}: {status} after {wall:.0f} s", flush=True)
-    return status, wall
+class Running:
+    """A job's child process, started in its own process group so that it can be killed whole."""
+
+    def __init__(self, job: Job, jsonl: Path, budget_s: float, env: dict):
+        self.job, self.budget_s = job, budget_s
+        cmd = [sys.executable, str(HERE / job.argv[0]), *job.argv[1:], "--jsonl", str(jsonl),
+               "--budget_s", f"{budget_s - min(15.0, 0.2 * budget_s):.0f}"]
+        print(f"\n=== {job.name}: {' '.join(cmd[1:])} (budget {budget_s:.0f} s)", flush=True)
+        self.t0 = time.perf_counter()
+        # Its own process group (so that it can be killed whole) but this session: whatever ends this run's
+        # session also ends the jobs, and no orphan keeps holding the GPU.
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, process_group=0)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group of the child started above, nothing else
+            self.proc.wait()
+
+    def poll(self) -> str | None:
+        """None while running; else its status (killing it first once past its budget + 20 s)."""
+        rc = self.proc.poll()
+        if rc is not None:
+            return "ok" if rc == 0 else f"exit {rc}"
+        if time.perf_counter() - self.t0 > self.budget_s + 20:
+            self.kill()
+            return "killed (over budget)"
+        return None
 
 
 def main(argv=None):
@@ -144,11 +159,17 @@ def main(argv=None):
     p.add_argument("--only", default=None, help=f"comma list of {','.join(SECTIONS)}")
     p.add_argument("--configs", default=None, help="restrict prefill/decode to these of 300m,1b,8b")
     p.add_argument("--lengths", default=None, help="prefill lengths, e.g. 32K,128K,1M")
-    p.add_argument("--budget_s", type=float, default=None, help="whole-run budget (default 480; smoke 110)")
+    p.add_argument("--budget_s", type=float, default=None, help="whole-run budget (default 480; smoke 100)")
+    p.add_argument("--parallel", type=int, default=None, help="jobs at a time (default 1; smoke 2: CPU only)")
     p.add_argument("--no_compile_cache", action="store_true",
                    help="no JAX persistent compilation cache shared by the children (default: one, per run)")
+    p.add_argument("--dry_run", action="store_true", help="print the jobs and exit")
     args = p.parse_args(argv)
-    budget = args.budget_s or (110.0 if args.smoke else 480.0)
+    if args.dry_run:
+        for job in plan(args):
+            print(f"{job.name:14s} cap {job.cap_s:4.0f} s: {' '.join(job.argv)}")
+        return
+    budget = args.budget_s or (100.0 if args.smoke else 480.0)
     start = time.perf_counter()
     deadline = start + budget
     out_dir = Path(args.out_dir)
@@ -175,12 +196,15 @@ def main(argv=None):
     print(f"infini-jax benchmarks on {gpu}: {len(jobs)} jobs, budget {budget:.0f} s, results {out_dir}/{stem}.*",
           flush=True)
 
+    last_write = [0.0]
+
     def write():
+        last_write[0] = time.perf_counter()
         records = report.load_records(sorted(work.glob("*.jsonl")))
         backend = next((r.get("backend") for r in records if r.get("kind") == "device"), None)
         meta.update(elapsed_s=time.perf_counter() - start, backend=backend)
         try:
-            derived = report.derive(records)
+            derived = report.derive(records, smoke=args.smoke)
             markdown = report.render(meta, records, derived)
         except Exception as e:  # noqa: BLE001 - a report bug must not lose the measurements
             derived = dict(targets=[], error=f"{type(e).__name__}: {e}")
@@ -197,19 +221,46 @@ def main(argv=None):
         return derived
 
     write()
-    for i, job in enumerate(jobs):
-        left = deadline - time.perf_counter()
-        if left < 25:
-            meta["jobs"].append(dict(name=job.name, status="skipped (run budget spent)", budget_s=0))
-            print(f"=== {job.name}: skipped, {left:.0f} s left", flush=True)
-            write()
-            continue
-        # Share what is left in proportion to the caps of the jobs still to run: slack left by a quick job
-        # flows to the later ones, a tight budget shrinks them all.
-        job_budget = left * job.cap_s / sum(j.cap_s for j in jobs[i:])
-        status, wall = run_job(job, work / f"{job.name}.jsonl", job_budget, env)
-        meta["jobs"].append(dict(name=job.name, status=status, wall_s=wall, budget_s=job_budget))
+    queue, running = list(jobs), []
+
+    def stop(signum, _frame):  # SIGTERM / SIGINT: end the running jobs, write what they measured
+        for r in running:
+            r.kill()
         write()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    parallel = args.parallel or (2 if args.smoke else 1)
+    while queue or running:
+        while queue and len(running) < parallel:
+            job = queue.pop(0)
+            left = deadline - time.perf_counter()
+            if left < 25:
+                meta["jobs"].append(dict(name=job.name, status="skipped (run budget spent)", budget_s=0))
+                print(f"=== {job.name}: skipped, {left:.0f} s left", flush=True)
+                write()
+                continue
+            # Full run: priority order, a job gets its cap and never more than is left. With --only: what is
+            # left, shared in proportion to the caps of the jobs still to run. Either way time a quick job
+            # leaves unused flows to the later ones.
+            if args.only and not args.smoke:
+                budget_s = left * job.cap_s / (job.cap_s + sum(j.cap_s for j in queue))
+            else:
+                budget_s = min(job.cap_s, left)
+            running.append(Running(job, work / f"{job.name}.jsonl", budget_s, env))
+        time.sleep(0.2)
+        if time.perf_counter() - last_write[0] > 10:  # a run killed from outside keeps the records to date
+            write()
+        for r in list(running):
+            status = r.poll()
+            if status is None:
+                continue
+            running.remove(r)
+            wall = time.perf_counter() - r.t0
+            print(f"=== {r.job.name}: {status} after {wall:.0f} s", flush=True)
+            meta["jobs"].append(dict(name=r.job.name, status=status, wall_s=wall, budget_s=r.budget_s))
+            write()
     meta["complete"] = True
     derived = write()
     print(f"\nDone in {time.perf_counter() - start:.0f} s. Results: {out_dir / stem}.json / .md", flush=True)
