@@ -293,8 +293,8 @@ class Trainer:
         return jax.make_mesh((n,), ("data",))
 
     def _place_state(self, state):
-        if self.mesh is None:
-            return state
+        if self.mesh is None:  # committed, like restored arrays: one compiled step for both
+            return jax.device_put(state, jax.devices()[0])
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         return jax.device_put(state, replicated)
 
@@ -352,6 +352,7 @@ class Trainer:
                                                               meta=ocp.args.JsonSave(self._meta())), force=True)
             self.ckpt.wait_until_finished()
             logging.info("Saved checkpoint at step %d in %s", self.step, self.workdir / CHECKPOINT_DIR)
+        self._interval_start = time.perf_counter()
 
     def restore(self) -> bool:
         """Restores the latest checkpoint of the workdir, if any. Returns whether it did."""
@@ -362,7 +363,8 @@ class Trainer:
         restored = self.ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                    meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
-        if meta.get("model_config") and meta["model_config"] != self.model_cfg.to_dict():
+        arch = lambda d: {k: v for k, v in d.items() if k not in NUMERIC_FIELDS}  # numerics may change
+        if meta.get("model_config") and arch(meta["model_config"]) != arch(self.model_cfg.to_dict()):
             raise ValueError(f"The checkpoint in {self.workdir / CHECKPOINT_DIR} was written for another model "
                              f"({meta['model_config']}); use a new workdir.")
         self.state = restored["state"]
@@ -446,8 +448,9 @@ class Trainer:
         return rec
 
     # ------------------------------------------------------------------ loop
-    def train(self, stop_at_step: int | None = None) -> None:
-        """Trains until the budget is used (or until ``stop_at_step``, to simulate a preemption)."""
+    def train(self, stop_at_step: int | None = None, save_at_end: bool = True) -> None:
+        """Trains until the budget is used, or until ``stop_at_step`` (tests: ``save_at_end=False`` then
+        simulates a crash that loses everything after the last periodic checkpoint)."""
         if self.step == 0 and self.curriculum.index == 0:
             self._write({"event": "stage", "step": 0, "to": self.curriculum.stage.name, "progress": 0.0,
                          "stage_config": dataclasses.asdict(self.curriculum.stage)})
@@ -469,7 +472,8 @@ class Trainer:
             batch = self._device_batch(self.make_batch(stage))
             lr_arr = {k: jnp.float32(v) for k, v in lr.items()}
             shape = (stage.batch_size, stage.seq_len)
-            if shape not in self._compiled_shapes:  # compile outside the clock
+            timed = shape in self._compiled_shapes
+            if not timed:  # compile outside the clock (and outside tokens/s)
                 self.clock.pause()
                 t0 = time.perf_counter()
                 self.state, metrics = self._step_fn(self.state, batch, lr_arr)
@@ -486,7 +490,7 @@ class Trainer:
             self._pending.append((self.step + 1, metrics))
             self.step += 1
             self.tokens_seen += stage.batch_size * stage.seq_len
-            self._interval_tokens += stage.batch_size * stage.seq_len
+            self._interval_tokens += stage.batch_size * stage.seq_len if timed else 0
             if self.step % self.log_every == 0:
                 self.clock.pause()
                 self.log_interval(lr)
@@ -494,7 +498,8 @@ class Trainer:
                 self.save()
         self.clock.pause()
         self.log_interval(lr)
-        self.save()
+        if save_at_end:
+            self.save()
 
     # ------------------------------------------------------------------ export
     def export(self) -> Path:
@@ -526,7 +531,8 @@ def run(config) -> dict[str, Any]:
     """Trains (resuming from ``config.workdir`` when possible), exports and evaluates. Returns a summary."""
     trainer = Trainer(config)
     resumed = trainer.restore()
-    logging.info("Training %s in %s (%s): %d parameters, budget %s", "resumed" if resumed else "from scratch",
+    start = "resumed" if resumed else (f"from {config.init_from}" if _cfg_get(config, "init_from") else "from scratch")
+    logging.info("Training %s in %s (%s): %d parameters, budget %s", start,
                  trainer.workdir, trainer.model_cfg.dtype,
                  sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(trainer.model(), nnx.Param))),
                  f"{trainer.total_steps} steps" if trainer.total_steps else f"{trainer.total_seconds:.0f} s")
@@ -537,5 +543,5 @@ def run(config) -> dict[str, Any]:
         out["model_dir"] = str(trainer.export())
         model = trainer.model()
         out["eval"] = run_eval(config, model if trainer.mesh is None else _to_one_device(model), trainer.tokenizer,
-                               trainer.workdir)
+                               trainer.workdir, model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen})
     return out

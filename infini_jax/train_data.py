@@ -296,12 +296,18 @@ class PasskeyBatcher:
 
 
 # ----------------------------------------------------------------------------- plain text
+BUILTIN_TEXT = "haystack:"
+
+
 def text_files(spec: str) -> list[str]:
     """``*.txt`` files named by a comma-separated list of files, directories (all ``*.txt`` inside,
-    recursively) and glob patterns."""
+    recursively) and glob patterns; ``haystack:<kind>`` entries (a built-in text, see ``haystack_text``)
+    are kept as they are."""
     paths: list[str] = []
     for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
-        if os.path.isdir(part):
+        if part.startswith(BUILTIN_TEXT):
+            paths.append(part)
+        elif os.path.isdir(part):
             paths += sorted(glob.glob(os.path.join(part, "**", "*.txt"), recursive=True))
         elif any(ch in part for ch in "*?["):
             paths += sorted(glob.glob(part, recursive=True))
@@ -329,8 +335,11 @@ class TextStream:
             eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             pieces = []
             for path in paths:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    text = f.read()
+                if path.startswith(BUILTIN_TEXT):
+                    text = haystack_text(path[len(BUILTIN_TEXT):])
+                else:
+                    with open(path, encoding="utf-8", errors="replace") as f:
+                        text = f.read()
                 if not text.strip():
                     continue
                 ids = [] + bos

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,7 @@ from infini_jax.train_data import PasskeyBatcher, haystack_text
 
 EVAL_FILE = "eval.json"
 EVAL_DIR = "eval"
+MODEL_ID_FILE = "model_id.json"
 
 
 def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, context_lengths: Iterable[int],
@@ -39,6 +41,10 @@ def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, 
     seg = model.cfg.segment_length
     d = batcher.num_digits
     lengths = [int(c) for c in context_lengths if int(c) > batcher.fixed_tokens(with_answer=False)]
+    skipped = [int(c) for c in context_lengths if int(c) not in lengths]
+    if skipped:
+        logging.warning("eval: context lengths %s are too short for the %d-token template; skipped.", skipped,
+                        batcher.fixed_tokens(with_answer=False))
     depths = [float(x) for x in depths]
     names = list(haystack_names)
     chunk = int(prefill_chunk_tokens) if prefill_chunk_tokens else None
@@ -51,29 +57,35 @@ def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, 
     records = []
     for ctx in lengths:
         for depth in depths:
+            # One generate call per (length, depth): every haystack's samples together.
+            group = []
             for k, name in enumerate(names):
                 ks = [next(keys) for _ in range(num_samples)]
-                ids_ = [f"train-eval-{name}-{ctx}-{depth:g}-{i}" for i in range(num_samples)]
-                if all(i in done for i in ids_):
-                    records += [done[i] for i in ids_]
-                    continue
-                t0 = time.perf_counter()
-                prompts, starts = batcher.eval_prompts(ks, ctx, depth, k)
-                outs = gen.generate([row.tolist() for row in prompts])
-                sec = (time.perf_counter() - t0) / num_samples
-                for sid, key, out, start in zip(ids_, ks, outs, starts, strict=True):
-                    text = tokenizer.decode(out, skip_special_tokens=True)
-                    correct, strict = score(key, text)
-                    needle_seg, n_seg = segment_info(int(start), ctx, seg)
-                    rec = {"id": sid, "dataset": f"train-eval-{name}", "context_length": ctx, "num_tokens": ctx,
-                           "depth_percent": depth, "needle_token_index": int(start), "needle_segment": needle_seg,
-                           "num_segments": n_seg, "answer": key, "generation": text, "correct": correct,
-                           "correct_strict": strict, "exact": text[:d] == key, "haystack": name, "seconds": sec}
-                    if sid not in done and writer is not None:
-                        writer.write(rec)
-                    records.append(done.get(sid, rec))
-            acc = np.mean([r["exact"] for r in records if r["context_length"] == ctx]) if records else 0.0
-            logging.info("eval: %d tokens, depth %g%%: running exact match %.3f", ctx, depth, acc)
+                group += [(f"train-eval-{name}-{ctx}-{depth:g}-{i}", name, k, key) for i, key in enumerate(ks)]
+            todo = [g for g in group if g[0] not in done]
+            rows, starts = {}, {}
+            for k in sorted({g[2] for g in todo}):
+                mine = [g for g in todo if g[2] == k]
+                ids, start = batcher.eval_prompts([g[3] for g in mine], ctx, depth, k)
+                for g, row, st in zip(mine, ids, start, strict=True):
+                    rows[g[0]], starts[g[0]] = row, int(st)
+            t0 = time.perf_counter()
+            outs = gen.generate([rows[g[0]] for g in todo]) if todo else []
+            sec = (time.perf_counter() - t0) / max(1, len(todo))
+            new = {}
+            for (sid, name, _, key), out in zip(todo, outs, strict=True):
+                text = tokenizer.decode(out, skip_special_tokens=True)
+                correct, strict = score(key, text)
+                needle_seg, n_seg = segment_info(starts[sid], ctx, seg)
+                new[sid] = {"id": sid, "dataset": f"train-eval-{name}", "context_length": ctx, "num_tokens": ctx,
+                            "depth_percent": depth, "needle_token_index": starts[sid], "needle_segment": needle_seg,
+                            "num_segments": n_seg, "answer": key, "generation": text, "correct": correct,
+                            "correct_strict": strict, "exact": text[:d] == key, "haystack": name, "seconds": sec}
+                if writer is not None:
+                    writer.write(new[sid])
+            records += [done.get(g[0]) or new[g[0]] for g in group]
+        acc = np.mean([r["exact"] for r in records if r["context_length"] == ctx])
+        logging.info("eval: %d tokens: exact match %.3f", ctx, acc)
     return summarize_eval(records)
 
 
@@ -103,10 +115,29 @@ def _get(config, name: str, default=None):
     return default if value is None else value
 
 
-def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike) -> dict[str, Any] | None:
+def _fresh_results(results_dir: str, model_id: dict | None) -> None:
+    """Keeps the finished samples of ``results_dir`` only if they were produced by the same model."""
+    if model_id is None:
+        return
+    path = os.path.join(results_dir, MODEL_ID_FILE)
+    previous = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    if previous != model_id:
+        if os.path.isdir(results_dir):
+            shutil.rmtree(results_dir)
+        os.makedirs(results_dir)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(model_id, f)
+
+
+def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
+             model_id: dict | None = None) -> dict[str, Any] | None:
     """The evaluation described by ``config.eval`` (a training config); None when disabled.
 
-    Writes ``workdir/eval/results.jsonl`` (+ summary.json, heatmap.png) and ``workdir/eval.json``.
+    Writes ``workdir/eval/results.jsonl`` (+ summary.json, heatmap.png) and ``workdir/eval.json``. Samples already
+    in ``results.jsonl`` are reused when ``model_id`` (e.g. the training step) matches the one they were made with.
     """
     ev = _get(config, "eval")
     if ev is None or not bool(_get(ev, "enabled", True)):
@@ -124,6 +155,7 @@ def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike) 
                              num_digits=int(_get(d, "num_digits", 5)), haystacks=texts)
     workdir = os.fspath(workdir)
     results_dir = os.path.join(workdir, EVAL_DIR)
+    _fresh_results(results_dir, model_id)
     t0 = time.perf_counter()
     summary = evaluate_passkey(
         model, tokenizer, batcher, context_lengths=_get(ev, "context_lengths", ()),

@@ -131,7 +131,8 @@ def make_tx(o: OptimSettings) -> optax.GradientTransformationExtraArgs:
             scale_by_group_factor("balance")),
     }
     parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm and o.clip_norm > 0 else []
-    return optax.chain(*parts, optax.partition(groups, param_labels))
+    partition = getattr(optax, "partition", None) or optax.multi_transform  # older optax: multi_transform
+    return optax.chain(*parts, partition(groups, param_labels))
 
 
 def make_optimizer(model: InfiniLlama, o: OptimSettings) -> nnx.Optimizer:

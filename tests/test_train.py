@@ -1,0 +1,319 @@
+"""The training job (infini_jax.train*): data, optimizer groups, schedule, curriculum, resume, export.
+
+Tiny and CPU-only: every trainer here shares one batch shape, so the train step compiles once.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from transformers import AutoTokenizer
+
+from configs.train_common import get_config as common_config
+from configs.train_common import stage
+from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+from infini_jax.data.haystack import CLASSIC_HAYSTACK, DEFAULT_HAYSTACK
+from infini_jax.data.prompts import PASSKEY_NEEDLE, build_passkey_prompt
+from infini_jax.train import Trainer, build_model
+from infini_jax.train_data import PasskeyBatcher, TextStream, generated_haystack
+from infini_jax.train_optim import OptimSettings, make_optimizer
+from infini_jax.train_schedule import Curriculum, Stage, lr_factor
+
+SEG = 64
+SEQ = 320  # 5 segments; the template takes 260 tokens with the byte tokenizer and 5 digits
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(DEMO_TOKENIZER_PATH)
+
+
+@pytest.fixture(scope="module")
+def batcher(tok):
+    return PasskeyBatcher(tok, segment_length=SEG, num_digits=5,
+                          haystacks={"classic": CLASSIC_HAYSTACK, "varied": generated_haystack(0, 300)})
+
+
+# ----------------------------------------------------------------------------- data
+def test_eval_prompts_equal_the_prompt_generator(tok):
+    b = PasskeyBatcher(tok, segment_length=SEG, haystacks={"classic": CLASSIC_HAYSTACK, "default": DEFAULT_HAYSTACK})
+    for k, text in enumerate((CLASSIC_HAYSTACK, DEFAULT_HAYSTACK)):
+        for ctx, depth in ((300, 0), (700, 37), (2000, 50), (2000, 100)):
+            ids, start = b.eval_prompts(["12345", "67890"], ctx, depth, k)
+            ref = build_passkey_prompt(tok, context_length=ctx, depth_percent=depth, passkey="67890",
+                                       haystack_text=text)
+            assert ids[1].tolist() == ref.input_ids
+            assert int(start[1]) == ref.needle_token_index
+
+
+def test_synthetic_batch_layout(tok, batcher):
+    rng = np.random.default_rng(0)
+    batch = batcher.sample(rng, 64, SEQ, force_early=0.5)
+    d = batcher.num_digits
+    last_seg = ((SEQ - 1) // SEG) * SEG
+    assert batch["input_ids"].shape == (64, SEQ) and batch["input_ids"].dtype == np.int32
+    for r in range(64):
+        ids = batch["input_ids"][r]
+        key = "".join(str(x) for x in batch["digits"][r])
+        start = int(batch["needle_start"][r])
+        needle = tok.decode(ids[start:start + batcher.needle_len])
+        assert needle == PASSKEY_NEEDLE.format(key=key)
+        if start - len(batcher.prefix) < batcher.haystack_tokens(SEQ):  # (depth 100 puts it at the very end)
+            assert tok.decode(ids[start - 1:start]).endswith((".", " "))  # after a sentence end or the prefix
+        text = tok.decode(ids, skip_special_tokens=True)
+        assert text.endswith("What is the pass key? The pass key is " + key)
+        assert text.count("pass key is " + key) == 2  # the needle and the answer
+        # Masks are aligned with the logits: position t predicts token t + 1.
+        targets = ids[1:]
+        assert tok.decode(targets[batch["answer_mask"][r, :-1] > 0]) == key
+        assert tok.decode(targets[batch["copy_mask"][r, :-1] > 0]) == key
+        assert batch["copy_mask"][r].sum() == d and batch["answer_mask"][r].sum() == d
+        assert batch["lm_mask"][r, -1] == 0 and batch["lm_mask"][r, :-1].all()
+        assert batch["far"][r] == float(start + batcher.needle_len <= last_seg)
+    assert 0.3 < batch["far"].mean() < 1.0
+    forced = batcher.sample(rng, 64, SEQ, force_early=1.0)
+    assert forced["far"].all()
+    assert (forced["write_weight"] == 1).all()
+
+
+def test_virtual_length_weights(batcher):
+    rng = np.random.default_rng(1)
+    n, r_max = 4000, 256.0
+    batch = batcher.sample(rng, n, SEQ, virtual_length_max=r_max, prob_r_one=0.1)
+    w = batch["write_weight"]
+    t = np.arange(SEQ)[None]
+    start = batch["needle_start"][:, None]
+    needle = (t >= start) & (t < start + batcher.needle_len)
+    assert (w[needle] == 1).all()  # needle tokens are written once
+    r = np.where(needle, np.nan, w)
+    r_row = np.nanmax(r, axis=1)
+    assert np.allclose(np.nanmin(r, axis=1), r_row)  # one r per row for every non-needle token
+    assert (r_row >= 1).all() and (r_row <= r_max).all()
+    ones = np.isclose(r_row, 1.0)
+    assert abs(ones.mean() - 0.1) < 0.03  # r = 1 with probability 0.1 (plus a negligible continuous mass)
+    u = np.log(r_row[~ones]) / np.log(r_max)  # logUniform[1, r_max] -> uniform on [0, 1]
+    assert abs(u.mean() - 0.5) < 0.03 and abs(np.quantile(u, 0.25) - 0.25) < 0.04
+    assert abs(np.quantile(u, 0.75) - 0.75) < 0.04
+
+
+def test_text_stream(tok, tmp_path):
+    (tmp_path / "a.txt").write_text("hello world. " * 20)
+    (tmp_path / "b.txt").write_text("second file! " * 20)
+    stream = TextStream(tok, [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], cache_path=str(tmp_path / "c.npy"))
+    assert stream.tokens[0] == tok.bos_token_id and tok.eos_token_id in stream.tokens.tolist()
+    batch = stream.sample(np.random.default_rng(0), 3, 50)
+    assert batch["input_ids"].shape == (3, 50) and batch["answer_mask"].sum() == 0 and batch["is_passkey"].sum() == 0
+    flat = stream.tokens.tolist()
+    row = batch["input_ids"][0].tolist()
+    assert any(flat[i:i + 50] == row for i in range(len(flat) - 49))  # a contiguous window of the stream
+    again = TextStream(tok, [], cache_path=str(tmp_path / "c.npy"))  # from the cache
+    assert np.array_equal(again.tokens, stream.tokens)
+
+
+# ----------------------------------------------------------------------------- schedule and curriculum
+def test_lr_factor_matches_optax():
+    warmup, total, ratio = 5, 40, 0.1
+    sched = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total, end_value=ratio)
+    for step in range(total + 3):
+        ours = lr_factor(step, step / total, warmup_steps=warmup, warmup_end_progress=warmup / total, min_ratio=ratio)
+        assert ours == pytest.approx(float(sched(step)), abs=1e-6), step
+
+
+def test_curriculum_advances_on_its_accuracy_gate():
+    stages = [Stage("a", 768, 8, 0.5, advance_min_accuracy=0.5, max_share=0.7), Stage("b", 2048, 4, 0.15),
+              Stage("c", 8192, 2, 0.35)]
+    cur = Curriculum(stages)
+    assert cur.update(0.49, 10) is None
+    assert cur.update(0.55, 11) is None  # planned share used, but no accuracy measured yet
+    cur.record_accuracy(0.3)
+    assert cur.update(0.6, 12) is None  # gate closed
+    cur.record_accuracy(None)  # an interval without far needles keeps the last measurement
+    assert cur.update(0.61, 13) is None
+    cur.record_accuracy(0.55)
+    event = cur.update(0.62, 14)
+    assert event["from"] == "a" and event["to"] == "b" and event["reason"] == "gate passed"
+    # The later stages share what is left in their planned proportions: b ends at .62 + .15/.5 * .38.
+    assert cur.planned_end() == pytest.approx(0.62 + 0.3 * 0.38)
+    assert cur.update(0.7, 20) is None
+    assert cur.update(0.75, 21)["to"] == "c"
+    assert cur.update(0.99, 30) is None  # the last stage runs to the end
+
+    never = Curriculum(stages)
+    never.record_accuracy(0.1)
+    assert never.update(0.65, 5) is None
+    event = never.update(0.7, 6)  # the safeguard: max_share used
+    assert event["to"] == "b" and "safeguard" in event["reason"]
+
+    restored = Curriculum(stages)
+    restored.load_state_dict(json.loads(json.dumps(never.state_dict())))
+    assert restored.index == 1 and restored.start_progress == pytest.approx(0.7)
+
+
+# ----------------------------------------------------------------------------- optimizer
+def _tiny_model(seed=0):
+    """The trainers' model (shared eager initialisers), with non-zero balance factors so that their
+    weight decay shows."""
+    model = build_model(_config("unused"))
+    for i, layer in enumerate(model.layers):
+        bf = layer.attn.balance_factors
+        bf[...] = jnp.asarray(np.random.default_rng(seed + i).standard_normal(bf.shape), bf.dtype)
+    return model
+
+
+def _params(model):
+    return jax.tree.map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
+
+
+@nnx.jit
+def _update(opt, model, grads, factors):
+    opt.update(model, grads, lr_factors=factors)
+
+
+def _fake_grads(model, seed):
+    rng = np.random.default_rng(seed)  # numpy: no per-shape compilation of a random kernel
+    return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), nnx.state(model, nnx.Param))
+
+
+def test_balance_factors_get_their_own_lr_and_weight_decay():
+    o = OptimSettings(lr=0.1, balance_factor_lr=0.3, weight_decay=0.5, balance_factor_weight_decay=0.2,
+                      clip_norm=0.0, warmup_steps=0)
+    model = _tiny_model()
+    opt = make_optimizer(model, o)
+    before = _params(model)
+    grads = _fake_grads(model, 1)
+    factors = {"default": jnp.float32(0.5), "balance": jnp.float32(0.25)}
+    _update(opt, model, grads, factors)
+    after = _params(model)
+    g = jax.tree.map(np.asarray, grads.to_pure_dict())
+    adam = lambda x: x / (np.abs(x) + o.eps)  # first AdamW step: m_hat = g, v_hat = g^2
+
+    def expected(path, p, gp):
+        name = path[-1].key
+        if name == "balance_factors":
+            return p - 0.25 * 0.3 * (adam(gp) + 0.2 * p)
+        wd = 0.5 if p.ndim >= 2 and name not in ("embedding", "lm_head") else 0.0
+        return p - 0.5 * 0.1 * (adam(gp) + wd * p)
+
+    want = jax.tree_util.tree_map_with_path(expected, before, g)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    bf = after["layers"][0]["attn"]["balance_factors"]
+    assert not np.allclose(bf, before["layers"][0]["attn"]["balance_factors"])
+
+
+def test_grad_clipping_covers_every_parameter():
+    """Two steps with clipping == two steps without it on grads clipped by the global norm over everything."""
+    clip = 0.5
+    clipped, plain = _tiny_model(), _tiny_model()
+    opt_c = make_optimizer(clipped, OptimSettings(clip_norm=clip, warmup_steps=0))
+    opt_p = make_optimizer(plain, OptimSettings(clip_norm=0.0, warmup_steps=0))
+    factors = {"default": jnp.float32(1.0), "balance": jnp.float32(1.0)}
+    for seed, scale in ((2, 1.0), (3, 7.0)):  # different norms: Adam's second step sees the clipping
+        g = jax.tree.map(lambda x, s=scale: x * s, _fake_grads(clipped, seed))
+        shrink = min(1.0, clip / float(optax.global_norm(g)))
+        _update(opt_c, clipped, g, factors)
+        _update(opt_p, plain, jax.tree.map(lambda x, s=shrink: x * s, g), factors)
+    for a, b in zip(jax.tree.leaves(_params(clipped)), jax.tree.leaves(_params(plain)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- training runs
+def _config(workdir, total_steps=24) -> ml_collections.ConfigDict:
+    c = common_config()
+    c.workdir = str(workdir)
+    m = c.model
+    m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.num_kv_heads = 32, 64, 1, 2, 2
+    m.segment_length, m.dtype, m.max_position_embeddings = SEG, "float32", 1024
+    c.total_steps, c.total_seconds = total_steps, 0.0
+    c.log_every, c.save_every = 1, 4
+    c.optim.lr, c.optim.balance_factor_lr, c.optim.warmup_steps = 1e-2, 3e-2, 2
+    c.curriculum = {"stage_0": stage("early", SEQ, 4, 0.5, force_early_needle=0.8),
+                    "stage_1": stage("virtual", SEQ, 4, 0.5, virtual_length_max=16.0)}  # same shape: one compile
+    c.eval.enabled = False
+    return c
+
+
+def _losses(records):
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    trainer = Trainer(_config(tmp_path_factory.mktemp("ref")))
+    trainer.train()
+    return trainer
+
+
+def test_loss_falls(reference_run):
+    losses = _losses(reference_run.history)
+    assert sorted(losses) == list(range(1, 25))
+    first, last = losses[1], np.mean([losses[s] for s in range(21, 25)])
+    assert last < first - 0.5, (first, last)
+    gates = [r for r in reference_run.history if "gate_mean" in r][-1]
+    assert len(gates["gate_mean"]) == 1 and all(0 <= g <= 1 for g in gates["gate_min"] + gates["gate_max"])
+    stages = [r for r in reference_run.history if r.get("event") == "stage"]
+    assert [s["to"] for s in stages] == ["early", "virtual"] and stages[1]["step"] == 12
+
+
+def test_resume_gives_the_identical_next_step_loss(reference_run, tmp_path):
+    config = _config(tmp_path)
+    crashed = Trainer(config)
+    crashed.train(stop_at_step=7, save_at_end=False)  # checkpoint at step 4; steps 5-7 are lost
+    resumed = Trainer(config)
+    assert resumed.restore() and resumed.step == 4
+    resumed.train()
+    ref = _losses(reference_run.history)
+    got = _losses(resumed.history)
+    assert sorted(got) == list(range(5, 25))
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-6), step
+    # metrics.jsonl keeps each step once: the lines of the lost steps were dropped on resume.
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 25))
+
+
+def test_export_loads_with_load_model(reference_run):
+    from infini_jax.api import load_model
+
+    out = reference_run.export()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["trained"] is True and card["steps"] == 24
+    assert json.loads((out / "training_config.json").read_text())["trained"] is True
+    loaded = load_model(out, dtype="float32")
+    for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)),
+                    jax.tree.leaves(nnx.state(reference_run.model(), nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, monkeypatch):
+    from infini_jax import train_eval
+    from infini_jax.generate import Generator
+
+    config = _config(tmp_path)
+    config.eval.enabled = True
+    config.eval.context_lengths, config.eval.depths, config.eval.num_samples = (100, SEQ), (0, 100), 1
+    model, tok = reference_run.model(), reference_run.tokenizer
+    summary = train_eval.run_eval(config, model, tok, tmp_path, model_id={"step": 24})
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["overall"]["num_samples"] == 4  # 100 tokens is too short for the template: skipped
+    assert set(saved["by_context_length"]) == {str(SEQ)} and set(saved["by_depth"]) == {"0", "100"}
+    assert set(saved["by_haystack"]) == {"classic", "varied"}
+    records = [json.loads(x) for x in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert all(r["num_tokens"] == SEQ and len(r["answer"]) == 5 for r in records)
+    assert (tmp_path / "eval" / "summary.json").is_file()
+    # The same model: every sample is reused, nothing is generated again.
+    calls = []
+    monkeypatch.setattr(Generator, "generate", lambda self, prompts: calls.append(prompts) or [])
+    again = train_eval.run_eval(config, model, tok, tmp_path, model_id={"step": 24})
+    assert not calls and again["overall"] == summary["overall"]
+    # Another model (step): the old samples are discarded.
+    with pytest.raises(ValueError):  # the stubbed generator returns nothing for the regenerated samples
+        train_eval.run_eval(config, model, tok, tmp_path, model_id={"step": 25})
+    assert calls
