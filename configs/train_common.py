@@ -113,6 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.varied_haystack = "generated"
     d.varied_seed = 0  # seed of the generated training text (the evaluation uses eval.varied_seed)
     d.virtual_length_prob_one = 0.1  # probability of r = 1 in a virtual-length stage
+    d.random_answer_position = True  # end prompt+answer a random 0..L-1 tokens before the row end (see train_data)
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated
     d.text_fraction = 0.5  # "mix": fraction of each batch's rows from text
     c.data = d

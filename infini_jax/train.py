@@ -279,6 +279,7 @@ class Trainer:
         self.text_fraction = 1.0 if self.source == "text" else (
             float(_cfg_get(d, "text_fraction", 0.5)) if self.source == "mix" else 0.0)
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
+        self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
 
     def _make_mesh(self):
         n = jax.device_count()
@@ -329,7 +330,8 @@ class Trainer:
             parts.append(self.text.sample(self.rng, n_text, s))
         if b - n_text:
             parts.append(self.batcher.sample(self.rng, b - n_text, s, force_early=stage.force_early_needle,
-                                             virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one))
+                                             virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one,
+                                             random_answer_position=self.random_answer_position))
         return concat_batches(parts)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

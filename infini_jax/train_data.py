@@ -242,8 +242,37 @@ class PasskeyBatcher:
         return ((int(seq_len) - 1) // self.segment_length) * self.segment_length
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
-               virtual_length_max: float = 1.0, prob_r_one: float = 0.1) -> dict[str, np.ndarray]:
-        """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``."""
+               virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
+               random_answer_position: bool = False) -> dict[str, np.ndarray]:
+        """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
+
+        ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
+        batch, uniform in [0, L)), the rest being filler masked out of every loss. Without it the answer always
+        sits at the end of a segment and never straddles a segment boundary, while at evaluation a prompt of
+        exactly k * L tokens makes the answer start a fresh segment whose local context is empty.
+        """
+        full = int(seq_len)
+        shift = 0
+        if random_answer_position:
+            limit = min(self.segment_length, full - self.fixed_tokens() - 1)
+            shift = int(rng.integers(0, max(1, limit)))
+        out = self._sample(rng, batch_size, full - shift, force_early=force_early,
+                           virtual_length_max=virtual_length_max, prob_r_one=prob_r_one)
+        if shift:
+            b = int(batch_size)
+            tail_ids = np.resize(self.question, shift)[None].repeat(b, axis=0).astype(np.int32)
+            pad = lambda x, v: np.concatenate([x, np.full((b, shift), v, x.dtype)], axis=1)
+            out["input_ids"] = np.concatenate([out["input_ids"], tail_ids], axis=1)
+            out["write_weight"] = pad(out["write_weight"], 1.0)
+            # The last answer digit now predicts the first tail token: not a training target.
+            out["lm_mask"][:, -1] = 0
+            out["lm_mask"] = pad(out["lm_mask"], 0.0)
+            out["answer_mask"] = pad(out["answer_mask"], 0.0)
+            out["copy_mask"] = pad(out["copy_mask"], 0.0)
+        return out
+
+    def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
+                virtual_length_max: float = 1.0, prob_r_one: float = 0.1) -> dict[str, np.ndarray]:
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
         digits = self.draw_keys(rng, b)

@@ -317,3 +317,24 @@ def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, 
     with pytest.raises(ValueError):  # the stubbed generator returns nothing for the regenerated samples
         train_eval.run_eval(config, model, tok, tmp_path, model_id={"step": 25})
     assert calls
+
+
+def test_random_answer_position_moves_the_answer_off_segment_ends():
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher
+
+    batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=64, num_digits=5)
+    rng = np.random.default_rng(0)
+    ends = set()
+    for _ in range(8):
+        out = batcher.sample(rng, 2, 512, random_answer_position=True)
+        assert out["input_ids"].shape == (2, 512)
+        for row in range(2):
+            pos = np.flatnonzero(out["answer_mask"][row])
+            assert len(pos) == 5  # positions predicting the 5 digits
+            digits = out["input_ids"][row, pos + 1]
+            assert list(digits) == list(batcher.digit_ids[out["digits"][row]])
+            assert out["lm_mask"][row, pos[-1] + 1 :].sum() == 0  # the filler tail is not a target
+            ends.add(int(pos[-1] + 2) % 64)
+    assert len(ends) > 1  # the answer's end is no longer always at a segment end
