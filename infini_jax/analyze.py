@@ -375,12 +375,9 @@ def plot_heatmap(
 
     ``records`` may also be a summary from ``summarize``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
     summary = records if isinstance(records, dict) else summarize(records, segment_length=segment_length)
     cells = summary["results_by_depth_and_context_length"]
@@ -392,7 +389,8 @@ def plot_heatmap(
 
     cmap = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
     cmap = cmap.with_extremes(bad="#DDDDDD")
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 + 0.9 * len(ctxs)), max(4.0, 1.2 + 0.38 * len(depths))))
+    fig = Figure(figsize=(max(6.0, 2.0 + 0.9 * len(ctxs)), max(4.0, 1.2 + 0.38 * len(depths))))
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i in range(len(depths)):
         for j in range(len(ctxs)):
@@ -406,7 +404,6 @@ def plot_heatmap(
     fig.colorbar(im, ax=ax, label="Accuracy (%)")
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=100)
-    plt.close(fig)
     return os.fspath(path)
 
 

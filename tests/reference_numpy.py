@@ -22,9 +22,9 @@ def rms_norm(x, w, eps):
 
 def rope(x, interleaved, theta):
     """x: [l, heads, d]; positions 0..l-1 (segment-local)."""
-    l, _, d = x.shape
+    n_pos, _, d = x.shape
     inv = 1.0 / theta ** (np.arange(0, d, 2) / d)
-    ang = np.arange(l)[:, None] * inv[None]  # [l, d/2]
+    ang = np.arange(n_pos)[:, None] * inv[None]  # [l, d/2]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     out = np.empty_like(x)
     if interleaved:
@@ -68,7 +68,7 @@ def attention_layer(x, p, cfg, rotated_query):
     outs = []
     for s0 in range(0, S, L):
         qs, ks, vs = q[s0 : s0 + L], k[s0 : s0 + L], v[s0 : s0 + L]
-        l = qs.shape[0]
+        l = qs.shape[0]  # noqa: E741 (segment length, as in the reference)
         qr, kr = rope(qs, cfg["interleaved"], cfg["theta"]), rope(ks, cfg["interleaved"], cfg["theta"])
         local = np.zeros((l, nq, d))
         for h in range(nq):
@@ -104,7 +104,7 @@ def forward(state, cfg, input_ids, rotated_query=True):
     st = {k: _f64(v) for k, v in state.items()}
     emb = st["model.token_position_embeddings.pp_block.token_embedding.weight"]
     head = emb if cfg["tied"] else st["model.lm_head.pp_block.weight"]
-    I = cfg["intermediate_size"]
+    inter = cfg["intermediate_size"]
     out = []
     for ids in np.asarray(input_ids):
         x = emb[ids]
@@ -116,7 +116,7 @@ def forward(state, cfg, input_ids, rotated_query=True):
                                     rotated_query)
             y = rms_norm(h, st[pre + "post_attention_layernorm.weight"], cfg["eps"])
             gu = y @ st[pre + "mlp.gate_up_proj.weight"].T
-            gt, up = gu[:, :I], gu[:, I:]
+            gt, up = gu[:, :inter], gu[:, inter:]
             x = h + (gt / (1 + np.exp(-gt)) * up) @ st[pre + "mlp.down_proj.weight"].T
         x = rms_norm(x, st["model.final_layer_norm.pp_block.weight"], cfg["eps"])
         out.append(x @ head.T)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import ROOT
+
 from infini_jax import GenerationConfig, Generator, load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.haystack import CLASSIC_HAYSTACK
