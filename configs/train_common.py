@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
     d.varied_seed = 0  # seed of the generated training text (the evaluation uses eval.varied_seed)
     d.virtual_length_prob_one = 0.1  # probability of r = 1 in a virtual-length stage
     d.random_answer_position = True  # end prompt+answer a random 0..L-1 tokens before the row end (see train_data)
+    # Share of batches whose answer straddles or starts a segment boundary (the case of prompts of exactly
+    # k * segment_length tokens, where the shipped demo model fails); 0 reproduces the shipped model.
+    d.answer_boundary_share = 0.0
+    d.key_terminator = False  # train the "." after the key (so generations stop writing digits: strict scoring)
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated
     d.text_fraction = 0.5  # "mix": fraction of each batch's rows from text
     c.data = d

@@ -280,6 +280,8 @@ class Trainer:
             float(_cfg_get(d, "text_fraction", 0.5)) if self.source == "mix" else 0.0)
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
+        self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
+        self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
 
     def _make_mesh(self):
         n = jax.device_count()
@@ -331,7 +333,9 @@ class Trainer:
         if b - n_text:
             parts.append(self.batcher.sample(self.rng, b - n_text, s, force_early=stage.force_early_needle,
                                              virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one,
-                                             random_answer_position=self.random_answer_position))
+                                             random_answer_position=self.random_answer_position,
+                                             answer_boundary_share=self.answer_boundary_share,
+                                             key_terminator=self.key_terminator))
         return concat_batches(parts)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

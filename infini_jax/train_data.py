@@ -163,6 +163,7 @@ class PasskeyBatcher:
                                       _encode(tokenizer, PASSKEY_INTRO + PASSKEY_PASSAGE)])
         self.needle_parts = [_encode(tokenizer, p) for p in PASSKEY_NEEDLE.split("{key}")]
         self.question = _encode(tokenizer, PASSKEY_QUESTION)
+        self.period = _encode(tokenizer, ".")
         digits = [_encode(tokenizer, str(d)) for d in range(10)]
         if any(len(d) != 1 for d in digits):
             raise ValueError("Passkey training data writes keys digit by digit and needs a tokenizer that encodes "
@@ -243,24 +244,38 @@ class PasskeyBatcher:
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
-               random_answer_position: bool = False) -> dict[str, np.ndarray]:
+               random_answer_position: bool = False, answer_boundary_share: float = 0.0,
+               key_terminator: bool = False) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
 
         ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
         batch, uniform in [0, L)), the rest being filler masked out of every loss. Without it the answer always
         sits at the end of a segment and never straddles a segment boundary, while at evaluation a prompt of
         exactly k * L tokens makes the answer start a fresh segment whose local context is empty.
+        ``answer_boundary_share``: the probability (per batch) that ``t`` is chosen so that a segment boundary
+        falls inside or right before the answer (the hard case of a prompt of exactly k * L tokens).
+        ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
+        writing digits after the key (strict scoring); it needs ``t >= 1``.
         """
         full = int(seq_len)
+        seg, d = self.segment_length, self.num_digits
+        limit = min(seg + 1, full - self.fixed_tokens())  # t < limit
         shift = 0
-        if random_answer_position:
-            limit = min(self.segment_length, full - self.fixed_tokens() - 1)
-            shift = int(rng.integers(0, max(1, limit)))
+        if random_answer_position or answer_boundary_share > 0 or key_terminator:
+            shift = int(rng.integers(1 if key_terminator else 0, max(2, limit)))
+            if rng.random() < answer_boundary_share:
+                boundary_shift = (full - d + int(rng.integers(0, d))) % seg  # (answer start + j) % L == 0
+                if key_terminator and boundary_shift == 0:
+                    boundary_shift = seg
+                if boundary_shift < limit:
+                    shift = boundary_shift
+        shift = min(shift, max(0, limit - 1))
         out = self._sample(rng, batch_size, full - shift, force_early=force_early,
                            virtual_length_max=virtual_length_max, prob_r_one=prob_r_one)
         if shift:
             b = int(batch_size)
-            tail_ids = np.resize(self.question, shift)[None].repeat(b, axis=0).astype(np.int32)
+            tail = np.concatenate([self.period, self.question]) if key_terminator else self.question
+            tail_ids = np.resize(tail, shift)[None].repeat(b, axis=0).astype(np.int32)
             pad = lambda x, v: np.concatenate([x, np.full((b, shift), v, x.dtype)], axis=1)
             out["input_ids"] = np.concatenate([out["input_ids"], tail_ids], axis=1)
             out["write_weight"] = pad(out["write_weight"], 1.0)
@@ -269,6 +284,10 @@ class PasskeyBatcher:
             out["lm_mask"] = pad(out["lm_mask"], 0.0)
             out["answer_mask"] = pad(out["answer_mask"], 0.0)
             out["copy_mask"] = pad(out["copy_mask"], 0.0)
+            if key_terminator:  # the last digit predicts the "." after the key
+                last_digit = full - shift - 1
+                out["answer_mask"][:, last_digit] = 1
+                out["lm_mask"][:, last_digit] = 1
         return out
 
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,

@@ -338,3 +338,22 @@ def test_random_answer_position_moves_the_answer_off_segment_ends():
             assert out["lm_mask"][row, pos[-1] + 1 :].sum() == 0  # the filler tail is not a target
             ends.add(int(pos[-1] + 2) % 64)
     assert len(ends) > 1  # the answer's end is no longer always at a segment end
+
+
+def test_answer_boundary_share_and_key_terminator():
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher
+
+    batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=64, num_digits=5)
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        out = batcher.sample(rng, 2, 512, answer_boundary_share=1.0, key_terminator=True)
+        pos = np.flatnonzero(out["answer_mask"][0])  # positions predicting the 5 digits and the "."
+        assert len(pos) == 6
+        targets = out["input_ids"][0, pos + 1]
+        assert list(targets[:5]) == list(batcher.digit_ids[out["digits"][0]])
+        assert targets[5] == batcher.period[0]
+        first_digit = pos[0] + 1
+        # A segment boundary falls at or inside the answer: some digit sits at offset 0 of a segment.
+        assert any((first_digit + j) % 64 == 0 for j in range(5))
