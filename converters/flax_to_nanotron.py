@@ -1,4 +1,4 @@
-"""Converted infini-jax directory (or any checkpoint load_model reads) -> nanotron checkpoint at a TP size.
+"""Converted infini-jax directory (or a nanotron checkpoint, to re-shard it) -> nanotron checkpoint at a TP size.
 
     python converters/flax_to_nanotron.py --ckpt_path=converted/30000 --output_dir=export/30000 --tp=2
 

@@ -63,6 +63,12 @@ def load_model(path: str | Path, *, dtype=None, param_dtype=None, place=None, sh
         if place is not None or shardings is not None:
             raise ValueError("Pass either mesh= (with optional rules=) or place=/shardings=, not both.")
         place = sharding.place_fn(mesh, rules)
+    elif kind == "converted" and place is not None:
+        raise ValueError("place= applies to nanotron / HF checkpoints; a converted directory takes shardings= "
+                         "(or mesh=).")
+    elif kind != "converted" and shardings is not None:
+        raise ValueError("shardings= applies to converted directories; a nanotron / HF checkpoint takes place= "
+                         "(or mesh=).")
     if kind == "converted":
         if mesh is not None:
             cfg = checkpoint.read_converted_config(path, **overrides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,13 @@ def is_converted_dir(path: str | Path) -> bool:
 
 def save_converted(model: InfiniLlama, output_dir: str | Path, *, nanotron_yaml: dict | None = None,
                    overwrite: bool = False) -> Path:
-    """Writes ``model`` as a converted directory (atomically: a temporary sibling, then a rename)."""
+    """Writes ``model`` as a converted directory, atomically: into a temporary sibling, then swapped in, so
+    that a failure leaves the previous directory (if any) intact."""
     out = Path(output_dir).absolute()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; choose another --output_dir or pass "
-                                  "--overwrite.")
-        shutil.rmtree(out)
-    tmp = out.with_name(out.name + ".tmp-infini")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --output_dir or pass --overwrite.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         if nanotron_yaml is not None:
@@ -56,8 +54,13 @@ def save_converted(model: InfiniLlama, output_dir: str | Path, *, nanotron_yaml:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, params)
         if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+            old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

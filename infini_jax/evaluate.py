@@ -268,8 +268,13 @@ def dataset_groups(config, tokenizer) -> list[SampleGroup]:
     if "depth_percent" not in ds.column_names:
         logging.warning("%s has no depth_percent column: every row is evaluated, results have no depth.", name)
         depths = None
+    lengths = eval_context_lengths(config)
+    if "context_length" not in ds.column_names and len(lengths) > 1:
+        logging.warning("%s has no context_length column: the context lengths %s cannot select rows; every row is "
+                        "evaluated once.", name, lengths)
+        lengths = lengths[:1]  # without the column the filter is skipped: one group, or the ids would repeat
     groups = []
-    for ctx in eval_context_lengths(config):
+    for ctx in lengths:
         samples = select_samples(
             ds, depths=depths, num_shots=int(_opt(config, "num_shots", 0)),
             num_digits=int(_opt(config, "num_digits", 0)), context_length=ctx,
@@ -347,7 +352,21 @@ def run_fingerprint(config, model, tokenizer) -> dict:
         "tokenizer_num_ids": len(tokenizer),
         "max_new_tokens": int(config.max_new_tokens),
         "stop_at_eos": bool(_opt(config, "stop_at_eos", False)),
+        "prompts": _prompt_fingerprint(config),
     }
+
+
+def _prompt_fingerprint(config) -> dict:
+    """What shapes a prompt without showing in its id or its answer (generated prompts keep their exact length
+    and key whatever the haystack, template or shots): a change must not resume into old results."""
+    dataset = str(_opt(config, "dataset", "generate"))
+    if dataset != "generate":
+        return {"dataset": dataset}
+    haystack_dir = _opt(config, "haystack_dir", None)
+    return {"dataset": dataset, "template": str(_opt(config, "template", "passkey")),
+            "haystack": str(_opt(config, "haystack", "default")),
+            "haystack_dir": os.path.abspath(haystack_dir) if haystack_dir else None,
+            "num_shots": int(_opt(config, "num_shots", 0) or 0)}
 
 
 def prepare_save_path(config, fingerprint: dict) -> str:

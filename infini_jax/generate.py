@@ -130,11 +130,13 @@ class Generator:
         if len(prompts) > self.config.batch_size:
             raise ValueError(f"{len(prompts)} prompts exceed batch_size {self.config.batch_size}.")
         vocab = self.cfg.vocab_size
+        prompts = [np.asarray(p, dtype=np.int64) for p in prompts]  # one C conversion, vectorised checks
         for p in prompts:
             if len(p) == 0:
                 raise ValueError("Empty prompt: every prompt needs at least one token.")
-            if max(p) >= vocab or min(p) < 0:
-                raise ValueError(f"Prompt token id {max(p)} outside the model's vocabulary of {vocab}: "
+            bad = p[(p >= vocab) | (p < 0)]
+            if bad.size:
+                raise ValueError(f"Prompt token id {int(bad[0])} outside the model's vocabulary of {vocab}: "
                                  "the tokenizer does not match the checkpoint.")
         ids, lengths, chunk_segments = self._padded_batch(prompts)
         if self.mesh is None:
@@ -168,17 +170,27 @@ class Generator:
 
 def generate(model: InfiniLlama, prompts: Sequence[Sequence[int]], max_new_tokens: int = 15,
              **kwargs) -> list[list[int]]:
-    """Convenience wrapper: ``Generator(model, GenerationConfig(max_new_tokens, ...)).generate(prompts)``."""
+    """Convenience wrapper: ``Generator(model, GenerationConfig(max_new_tokens, ...)).generate(prompts)``.
+
+    It compiles afresh on every call: for repeated calls keep one :class:`Generator`."""
     kwargs.setdefault("batch_size", min(len(prompts), 8) or 1)
     return Generator(model, GenerationConfig(max_new_tokens=max_new_tokens, **kwargs)).generate(prompts)
 
 
 def generate_by_recompute(model: InfiniLlama, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
     """nanotron's strategy (reference 4.1): a full forward over prompt + generated tokens for every new
-    token, batch 1. The reference for tests and the slow peer of the benchmarks."""
-    forward = nnx.jit(lambda m, ids: m(ids)[:, -1])
+    token, batch 1. The reference for tests and the slow peer of the benchmarks.
+
+    The sequence is right-padded to a length bucket (few compilations): padding after the last real token
+    cannot change the logits before it (causal attention; padding is only ever folded into the memory after
+    the real tokens' segments).
+    """
+    seg = model.cfg.segment_length
+    forward = nnx.jit(lambda m, ids, last: m(ids)[0, last])
     seq = list(prompt)
     for _ in range(max_new_tokens):
-        logits = forward(model, jnp.asarray([seq], jnp.int32))
-        seq.append(int(jnp.argmax(logits[0])))
+        padded = np.zeros((1, bucket_length(len(seq), seg)), np.int32)
+        padded[0, : len(seq)] = seq
+        logits = forward(model, jnp.asarray(padded), jnp.int32(len(seq) - 1))
+        seq.append(int(jnp.argmax(logits)))
     return seq[len(prompt):]

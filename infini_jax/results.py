@@ -1,7 +1,7 @@
 """Resumable evaluation results: one JSON line per sample in ``results.jsonl``.
 
-Each line is written, flushed and ``fsync``-ed as soon as its sample finishes, so a crashed or killed
-run loses at most the sample in flight; rerunning skips the ids already in the file
+Each line is written, flushed and ``fsync``-ed as soon as its sample's batch finishes, so a crashed or
+killed run loses at most the batch in flight; rerunning skips the ids already in the file
 (``ResultsWriter.done_ids``). A line cut short by a crash is dropped when the file is reopened.
 
 Record fields (``RECORD_FIELDS``; extra fields are allowed and kept):

@@ -303,7 +303,6 @@ CACHE_AXES: dict[str, tuple[str | None, ...]] = {
     "dM": ("batch", "kv_heads", None, None),
     "dz": ("batch", "kv_heads", None),
     "k_rot": ("batch", None, "kv_heads", None),
-    "k_raw": ("batch", None, "kv_heads", None),
     "v": ("batch", None, "kv_heads", None),
 }
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
@@ -376,8 +377,13 @@ class TextStream:
     """
 
     def __init__(self, tokenizer, paths: list[str], *, cache_path: str | None = None, chunk_chars: int = 1 << 20):
-        if cache_path and os.path.isfile(cache_path):
-            self.tokens = np.load(cache_path)
+        signature = json.dumps({"paths": [(p, os.path.getsize(p), os.path.getmtime(p)) if os.path.isfile(p) else p
+                                           for p in paths],
+                                "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer)})
+        sig_path = f"{cache_path}.json" if cache_path else None
+        if (cache_path and os.path.isfile(cache_path) and os.path.isfile(sig_path)
+                and open(sig_path, encoding="utf-8").read() == signature):
+            self.tokens = np.load(cache_path)  # same files, same tokenizer: the cached token stream
         else:
             bos = leading_special_ids(tokenizer)
             eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -400,6 +406,8 @@ class TextStream:
             if cache_path:
                 os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
                 np.save(cache_path, self.tokens)
+                with open(sig_path, "w", encoding="utf-8") as f:
+                    f.write(signature)
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
         n = len(self.tokens)

@@ -53,15 +53,20 @@ def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, 
     gen = Generator(model, GenerationConfig(max_new_tokens=d, batch_size=int(batch_size), prefill_chunk_tokens=chunk))
     writer = ResultsWriter(results_dir) if results_dir is not None else None
     done = {r["id"]: r for r in writer.records()} if writer else {}
-    keys = iter(draw_passkeys(len(lengths) * len(depths) * len(names) * num_samples, d, np.random.default_rng(seed)))
     records = []
     for ctx in lengths:
         for depth in depths:
             # One generate call per (length, depth): every haystack's samples together.
             group = []
             for k, name in enumerate(names):
-                ks = [next(keys) for _ in range(num_samples)]
+                # Keys from (seed, haystack, length, depth) alone: stable when lengths or sample counts change.
+                rng = np.random.default_rng([int(seed), k, ctx, int(round(depth * 1000))])
+                ks = draw_passkeys(num_samples, d, rng)
                 group += [(f"train-eval-{name}-{ctx}-{depth:g}-{i}", name, k, key) for i, key in enumerate(ks)]
+            stale = [g[0] for g in group if g[0] in done and done[g[0]]["answer"] != g[3]]
+            if stale:
+                raise ValueError(f"{results_dir} holds results for other keys ({stale[:3]}...): the evaluation "
+                                 "settings changed; delete that directory to evaluate afresh.")
             todo = [g for g in group if g[0] not in done]
             rows, starts = {}, {}
             for k in sorted({g[2] for g in todo}):
@@ -155,6 +160,10 @@ def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
                              num_digits=int(_get(d, "num_digits", 5)), haystacks=texts)
     workdir = os.fspath(workdir)
     results_dir = os.path.join(workdir, EVAL_DIR)
+    if model_id is not None:  # what decides a prompt besides its id: a change starts the evaluation afresh
+        model_id = {**model_id, "eval": {"seed": int(_get(ev, "seed", 1234)), "num_digits": batcher.num_digits,
+                                         "haystacks": names, "varied_seed": int(_get(ev, "varied_seed", 12345)),
+                                         "varied_haystack": str(_get(d, "varied_haystack", "generated"))}}
     _fresh_results(results_dir, model_id)
     t0 = time.perf_counter()
     summary = evaluate_passkey(

@@ -280,3 +280,11 @@ def test_haystack_dir(byte_tok, tmp_path):
     )[0]
     assert "Alpha beta gamma. Delta epsilon." in byte_tok.decode(s.input_ids)
     _check_sample(byte_tok, s, 1000)
+
+
+def test_generated_keys_do_not_depend_on_the_rest_of_the_sweep(byte_tok):
+    """A sample's key depends on (seed, length, depth, index) only, so runs resume into and extend each other."""
+    small = generate_passkey_samples(byte_tok, seed=3, context_lengths=[512], depths=[50], num_samples=1)
+    big = generate_passkey_samples(byte_tok, seed=3, context_lengths=[256, 512], depths=[0, 50, 100], num_samples=3)
+    by_id = {s.id: s.answer for s in big}
+    assert by_id[small[0].id] == small[0].answer

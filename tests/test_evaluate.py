@@ -161,6 +161,9 @@ def test_resume_refuses_mixing_runs(model_dir, loaded, tmp_path):
     with pytest.raises(ValueError, match="different run"):
         _run(_config(model_dir, tmp_path, context_lengths=(256,), depths=(0,), num_samples=1, max_new_tokens=5),
              loaded)
+    with pytest.raises(ValueError, match="prompts"):  # same ids and keys, another haystack
+        _run(_config(model_dir, tmp_path, context_lengths=(256,), depths=(0,), num_samples=1, haystack="default"),
+             loaded)
     # overwrite=True starts afresh.
     _run(_config(model_dir, tmp_path, context_lengths=(256,), depths=(0,), num_samples=1, seed=7, overwrite=True),
          loaded)

@@ -113,8 +113,11 @@ def test_text_stream(tok, tmp_path):
     flat = stream.tokens.tolist()
     row = batch["input_ids"][0].tolist()
     assert any(flat[i:i + 50] == row for i in range(len(flat) - 49))  # a contiguous window of the stream
-    again = TextStream(tok, [], cache_path=str(tmp_path / "c.npy"))  # from the cache
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    again = TextStream(tok, files, cache_path=str(tmp_path / "c.npy"))  # same files and tokenizer: the cache
     assert np.array_equal(again.tokens, stream.tokens)
+    other = TextStream(tok, files[:1], cache_path=str(tmp_path / "c.npy"))  # other files: never the stale cache
+    assert len(other.tokens) < len(stream.tokens)
 
 
 # ----------------------------------------------------------------------------- schedule and curriculum

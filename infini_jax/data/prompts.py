@@ -306,7 +306,7 @@ def generate_passkey_samples(
     haystack: str = "default",
     template: str = "passkey",
 ) -> list[PromptSample]:
-    """``num_samples`` prompts per (context length, depth), with seeded, unique pass keys.
+    """``num_samples`` prompts per (context length, depth), with seeded pass keys, distinct per (length, depth).
 
     Args:
       context_lengths: an int or a list of prompt lengths in tokens.
@@ -327,12 +327,15 @@ def generate_passkey_samples(
         if not 0 <= d <= 100:
             raise ValueError(f"depth {d} is outside [0, 100]: depths are percentages of the haystack.")
     _template_pieces(template, num_shots)  # validate before the (cheap) key draw
-    rng = np.random.default_rng(seed)
-    keys = iter(draw_passkeys(len(context_lengths) * len(depths) * num_samples, num_digits, rng))
     hay = tokenize_haystack(tokenizer, load_haystack(haystack_dir, kind=haystack))
     samples = []
     for ctx in context_lengths:
         for d in depths:
+            # One generator per (seed, length, depth), drawn in sample order: the key of gen-{ctx}-{d}-{i} does
+            # not change when num_samples, the depth list or the length list change (so runs can resume and
+            # extend each other). Keys are distinct within a (length, depth).
+            rng = np.random.default_rng([int(seed), ctx, int(round(d * 1000))])
+            keys = iter(draw_passkeys(num_samples, num_digits, rng))
             for i in range(num_samples):
                 samples.append(
                     _build(
