@@ -15,11 +15,10 @@ import numpy as np
 from flax import nnx
 
 from infini_jax.config import ModelConfig
+from infini_jax.formats.nanotron import EMBEDDING_NAME, FINAL_NORM_NAME, LM_HEAD_NAME, expected_shapes
 from infini_jax.model import InfiniLlama
 
-EMBED = "model.token_position_embeddings.pp_block.token_embedding.weight"
-FINAL_NORM = "model.final_layer_norm.pp_block.weight"
-LM_HEAD = "model.lm_head.pp_block.weight"
+EMBED, FINAL_NORM, LM_HEAD = EMBEDDING_NAME, FINAL_NORM_NAME, LM_HEAD_NAME
 
 
 def layer_prefix(i: int) -> str:
@@ -57,13 +56,7 @@ def _to_flax(cfg: ModelConfig, state: Mapping[str, np.ndarray]) -> dict[tuple, n
 
 
 def canonical_names(cfg: ModelConfig) -> list[str]:
-    names = [EMBED, FINAL_NORM] + ([] if cfg.tie_word_embeddings else [LM_HEAD])
-    for i in range(cfg.num_layers):
-        p = layer_prefix(i)
-        names += [f"{p}.{s}" for s in ("input_layernorm.weight", "attn.qkv_proj.weight", "attn.o_proj.weight",
-                                       "attn.balance_factors", "post_attention_layernorm.weight",
-                                       "mlp.gate_up_proj.weight", "mlp.down_proj.weight")]
-    return names
+    return list(expected_shapes(cfg))  # the one name table: infini_jax.formats.nanotron
 
 
 def check_state_keys(cfg: ModelConfig, state: Mapping[str, np.ndarray]) -> None:
