@@ -42,18 +42,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from infini_jax import analyze
+from infini_jax import analyze, sharding
 from infini_jax.api import detect_format, load_model
 from infini_jax.data.datasets import load_eval_dataset, select_samples
 from infini_jax.data.prompts import TEMPLATES, PromptSample, generate_passkey_samples
 from infini_jax.data.tokenizer import check_vocab, load_tokenizer
 from infini_jax.generate import GenerationConfig, Generator, bucket_length
 from infini_jax.results import ResultsWriter, read_results, results_path, score, segment_info
-
-try:  # device meshes for dp / tp; optional so that evaluation works without it
-    from infini_jax import sharding
-except ImportError:  # pragma: no cover
-    sharding = None
 
 GENERATE = "generate"
 DEFAULT_GENERATED_DIGITS = 4  # num_digits=0 with generated prompts: nanotron's generate_data.py default
@@ -164,8 +159,6 @@ def check_parallelism(config, num_devices: int | None = None) -> tuple[int, int]
     if batch % dp:
         raise ValueError(f"batch_size={batch} is not a multiple of dp={dp}: dp splits each batch over the "
                          f"devices; use --config.batch_size={dp * max(1, batch // dp)}.")
-    if dp * tp > 1 and sharding is None:  # pragma: no cover
-        raise ValueError("dp/tp > 1 needs infini_jax.sharding, which failed to import: use dp=tp=1.")
     return dp, tp
 
 

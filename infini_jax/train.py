@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from infini_jax import sharding
 from infini_jax.attention import gate_activation
 from infini_jax.config import ModelConfig
 from infini_jax.model import InfiniLlama
@@ -45,11 +46,6 @@ from infini_jax.train_data import BATCH_KEYS, PasskeyBatcher, TextStream, concat
 from infini_jax.train_eval import run_eval
 from infini_jax.train_optim import OptimSettings, make_optimizer
 from infini_jax.train_schedule import Curriculum, Stage, stages_from_config
-
-try:  # device meshes (data parallel); optional
-    from infini_jax import sharding
-except ImportError:  # pragma: no cover
-    sharding = None
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -291,9 +287,7 @@ class Trainer:
             if st.batch_size % n:
                 raise ValueError(f"Stage {st.name!r}: batch_size {st.batch_size} is not a multiple of the {n} "
                                  "devices (data parallel).")
-        if sharding is not None:
-            return sharding.make_mesh(dp=n, tp=1)
-        return jax.make_mesh((n,), ("data",))
+        return sharding.make_mesh(dp=n, tp=1)
 
     def _place_state(self, state):
         if self.mesh is None:  # committed, like restored arrays: one compiled step for both
