@@ -130,6 +130,27 @@ def _is_oom(torch, e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or common.classify_error(e) == "OOM"
 
 
+def _measure(torch, emit, deadline: common.Deadline, rec: dict, make_call, sync, reset_peak):
+    """Times ``make_call()()`` (inputs are allocated inside, so an OOM there is caught too) within the deadline.
+
+    Returns ``(times, oom)``; ``times`` is None when the measurement was skipped, ran out of memory or failed
+    (each reported through ``emit`` with ``rec``).
+    """
+    if not deadline.fits(10):
+        emit(status="skipped", note="time budget", **rec)
+        return None, False
+    try:
+        reset_peak()
+        call = make_call()
+        return _torch_timed(call, sync, warmup=1, reps=3, budget_s=max(1.0, min(20.0, deadline.left() / 4))), False
+    except Exception as e:  # noqa: BLE001
+        if _is_oom(torch, e):
+            emit(status="OOM", **rec)
+            return None, True
+        emit.error(e, **rec)
+        return None, False
+
+
 # ----------------------------------------------------------------------------- lucidrains
 def run_lucidrains(args, emit, deadline: common.Deadline):
     torch, dev, sync, reset_peak, peak = _torch_env(args)
@@ -182,16 +203,13 @@ def run_lucidrains(args, emit, deadline: common.Deadline):
     lengths = common.int_list(args.prefill_lengths or ("256,1024" if args.smoke else "16K,64K"))
     for length in lengths:
         rec = dict(kind="prefill", tokens=length, batch=1, **base)
-        if not deadline.fits(10):
-            emit(status="skipped", note="time budget", **rec)
-            continue
-        try:
-            reset_peak()
+
+        def make_call(length=length):
             ids = torch.randint(3, cfg.vocab_size, (1, length), device=dev)
-            times = _torch_timed(lambda ids=ids: prefill(ids), sync, warmup=1, reps=3,
-                                 budget_s=max(1.0, min(20.0, deadline.left() / 4)))
-        except Exception as e:  # noqa: BLE001
-            emit(**{**rec, "status": "OOM"}) if _is_oom(torch, e) else emit.error(e, **rec)
+            return lambda: prefill(ids)
+
+        times, _ = _measure(torch, emit, deadline, rec, make_call, sync, reset_peak)
+        if times is None:
             continue
         t = common.median(times)
         emit(status="ok", times_s=times, time_s=t, tokens_per_s=length / t, peak_bytes=peak(), **rec)
@@ -201,16 +219,13 @@ def run_lucidrains(args, emit, deadline: common.Deadline):
         for variant, fn in (("as_shipped", generate_shipped), ("full_prompt", generate_full)):
             rec = dict(kind="generate", variant=variant, prompt_tokens=length, new_tokens=args.new_tokens, batch=1,
                        **base)
-            if not deadline.fits(10):
-                emit(status="skipped", note="time budget", **rec)
-                continue
-            try:
-                reset_peak()
+
+            def make_call(fn=fn, length=length):
                 prompt = torch.randint(3, cfg.vocab_size, (1, length), device=dev)
-                times = _torch_timed(lambda fn=fn, p=prompt: fn(p, args.new_tokens), sync, warmup=1, reps=3,
-                                     budget_s=max(1.0, min(20.0, deadline.left() / 4)))
-            except Exception as e:  # noqa: BLE001
-                emit(**{**rec, "status": "OOM"}) if _is_oom(torch, e) else emit.error(e, **rec)
+                return lambda: fn(prompt, args.new_tokens)
+
+            times, _ = _measure(torch, emit, deadline, rec, make_call, sync, reset_peak)
+            if times is None:
                 continue
             t = common.median(times)
             emit(status="ok", times_s=times, time_s=t, s_per_prompt=t, prompts_per_s=1.0 / t, peak_bytes=peak(),
@@ -243,19 +258,15 @@ def run_hf(args, emit, deadline: common.Deadline):
 
     for length in lengths:
         rec = dict(kind="forward", tokens=length, batch=1, **base)
-        if not deadline.fits(10):
-            emit(status="skipped", note="time budget", **rec)
-            continue
-        try:
-            reset_peak()
+
+        def make_call(length=length):
             ids = torch.randint(3, cfg.vocab_size, (1, length), device=dev)
-            times = _torch_timed(lambda ids=ids: forward(ids), sync, warmup=1, reps=3,
-                                 budget_s=max(1.0, min(20.0, deadline.left() / 4)))
-        except Exception as e:  # noqa: BLE001
-            if _is_oom(torch, e):
-                emit(status="OOM", **rec)
-                break
-            emit.error(e, **rec)
+            return lambda: forward(ids)
+
+        times, oom = _measure(torch, emit, deadline, rec, make_call, sync, reset_peak)
+        if oom:
+            break  # longer inputs will not fit either
+        if times is None:
             continue
         t = common.median(times)
         emit(status="ok", times_s=times, time_s=t, tokens_per_s=length / t, peak_bytes=peak(), **rec)
