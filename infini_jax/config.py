@@ -36,6 +36,15 @@ class MemoryQuery(str, enum.Enum):
     UNROTATED = "unrotated"
 
 
+def config_value(config: Any, name: str, default: Any = None) -> Any:
+    """``config.name`` (a ConfigDict, dict or object), or ``default`` when the field is absent or None."""
+    try:
+        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

@@ -44,6 +44,7 @@ from absl import logging
 
 from infini_jax import analyze, sharding
 from infini_jax.api import detect_format, load_model
+from infini_jax.config import config_value as _opt
 from infini_jax.data.datasets import load_eval_dataset, select_samples
 from infini_jax.data.prompts import TEMPLATES, PromptSample, generate_passkey_samples
 from infini_jax.data.tokenizer import check_vocab, load_tokenizer
@@ -65,12 +66,6 @@ PP_MESSAGE = (
 
 
 # ----------------------------------------------------------------------------- config helpers
-
-
-def _opt(config, name: str, default=None):
-    """``config.name`` or ``default`` when the field is absent or None (configs built by hand)."""
-    value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    return default if value is None else value
 
 
 def eval_depths(config) -> list[float]:

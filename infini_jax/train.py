@@ -41,6 +41,7 @@ from flax import nnx
 from infini_jax import sharding
 from infini_jax.attention import gate_activation
 from infini_jax.config import ModelConfig
+from infini_jax.config import config_value as _cfg_get
 from infini_jax.model import InfiniLlama
 from infini_jax.train_data import BATCH_KEYS, PasskeyBatcher, TextStream, concat_batches, haystack_text, text_files
 from infini_jax.train_eval import run_eval
@@ -121,14 +122,6 @@ _train_step = jax.jit(train_step, static_argnums=(0, 1, 2), donate_argnums=(3,))
 
 
 # ----------------------------------------------------------------------------- helpers
-def _cfg_get(config, name: str, default=None):
-    try:
-        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
-
-
 def _to_plain(x):
     if hasattr(x, "to_dict"):
         return _to_plain(x.to_dict())

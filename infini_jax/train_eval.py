@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from infini_jax.config import config_value as _get
 from infini_jax.model import InfiniLlama
 from infini_jax.train_data import PasskeyBatcher, haystack_text
 
@@ -113,11 +114,6 @@ def summarize_eval(records: list[dict]) -> dict[str, Any]:
             "by_depth": by(lambda r: f"{r['depth_percent']:g}"),
             "by_context_length_and_depth": by(lambda r: f"{r['context_length']}/{r['depth_percent']:g}"),
             "by_haystack": by(lambda r: r["haystack"])}
-
-
-def _get(config, name: str, default=None):
-    value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    return default if value is None else value
 
 
 def _fresh_results(results_dir: str, model_id: dict | None) -> None:
