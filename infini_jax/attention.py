@@ -162,26 +162,7 @@ class InfiniAttention(nnx.Module):
             cfg.attention_impl, matmul_precision(cfg),
         ).reshape(b, t, n, d)
 
-        state = mem.MemoryState(cache.M, cache.z)
-        if cfg.turn_on_memory:
-            seg_ids = seg_start + jnp.arange(c)
-            # Segments folded before segment s: min(s, last_seg) (a row folds only up to its last segment).
-            has_memory = jnp.minimum(seg_ids[None, :], last_seg[:, None]) > 0
-            folded = (seg_ids[None, :] < last_seg[:, None]).astype(jnp.float32)
-            w = weight.reshape(b, c, seg).astype(jnp.float32) * folded[:, :, None]
-            sdt = cfg.state_dtype
-            a_mem, state = mem.memory_scan(
-                self._sigma_q(q, q_rot).reshape(b, c, seg, kv, cfg.num_groups, d),
-                mem.sigma(k.astype(sdt)).reshape(b, c, seg, kv, d),
-                v.astype(sdt).reshape(b, c, seg, kv, d),
-                w, has_memory, state,
-                stop_gradient_between_segments=stop_gradient_between_segments,
-            )
-            attn = self._combine(local, a_mem.reshape(b, t, n, d))
-        else:
-            attn = local
-
-        # The segment buffer: each row keeps its last real segment (if it lies in this chunk).
+        # Each row's last real segment stays in the cache (if it lies in this chunk).
         j = last_seg - seg_start
         in_chunk = (j >= 0) & (j < c)
         jc = jnp.clip(j, 0, c - 1)
@@ -194,15 +175,29 @@ class InfiniAttention(nnx.Module):
             keep = in_chunk.reshape((b,) + (1,) * (old.ndim - 1))
             return jnp.where(keep, taken.astype(old.dtype), old)
 
-        pending = mem.MemoryState(cache.dM, cache.dz)
+        state, pending = mem.MemoryState(cache.M, cache.z), mem.MemoryState(cache.dM, cache.dz)
         if cfg.turn_on_memory:
-            # The last segment's tokens so far, as a pending delta against the memory before it.
             sdt = cfg.state_dtype
+            seg_ids = seg_start + jnp.arange(c)
+            # Segments folded before segment s: min(s, last_seg) (a row folds only up to its last segment).
+            has_memory = jnp.minimum(seg_ids[None, :], last_seg[:, None]) > 0
+            folded = (seg_ids[None, :] < last_seg[:, None]).astype(jnp.float32)
+            w = weight.reshape(b, c, seg).astype(jnp.float32) * folded[:, :, None]
+            sigma_k, v_state = mem.sigma(k.astype(sdt)), v.astype(sdt)
+            a_mem, state = mem.memory_scan(
+                self._sigma_q(q, q_rot).reshape(b, c, seg, kv, cfg.num_groups, d),
+                sigma_k.reshape(b, c, seg, kv, d), v_state.reshape(b, c, seg, kv, d),
+                w, has_memory, state,
+                stop_gradient_between_segments=stop_gradient_between_segments,
+            )
+            attn = self._combine(local, a_mem.reshape(b, t, n, d))
+            # The last segment's tokens so far, as a pending delta against the memory before it.
             filled = num_tokens - last_seg * seg
             w_last = (jnp.arange(seg)[None, :] < filled[:, None]).astype(jnp.float32) * take(weight)
-            delta = mem.memory_delta(state, mem.sigma(take(k).astype(sdt)), take(v).astype(sdt), w_last,
-                                     last_seg > 0)
+            delta = mem.memory_delta(state, take(sigma_k), take(v_state), w_last, last_seg > 0)
             pending = jax.tree.map(pick, delta, pending)
+        else:
+            attn = local
         new_cache = LayerCache(M=state.M, z=state.z, dM=pending.M, dz=pending.z,
                                k_rot=pick(take(k_rot), cache.k_rot), v=pick(take(v), cache.v))
         return self._output(attn), new_cache
