@@ -84,13 +84,14 @@ def run_config(name: str, args, emit, deadline: common.Deadline):
     import jax
 
     impl = common.pick_attention(args.attention)
-    cfg = common.model_config(name, smoke=args.smoke, attention_impl=impl)
+    cfg = common.model_config(name, smoke=args.smoke, attention_impl=impl, memory_precision=args.memory_precision)
     lengths = sorted(common.int_list(args.lengths or (SMOKE_LENGTHS if args.smoke else DEFAULT_LENGTHS)))
     chunk_tokens = args.chunk_tokens or (SMOKE_CHUNK if args.smoke else DEFAULT_CHUNK[name])
     sweep_text = args.sweep_chunks or (SMOKE_SWEEP if args.smoke else DEFAULT_SWEEP[name])
     sweep = [] if sweep_text == "none" else common.int_list(sweep_text)
     sweep_length = args.sweep_length or (SMOKE_SWEEP_LENGTH if args.smoke else 131072)
-    base = dict(config=name, params=cfg.num_params(), segment_length=cfg.segment_length, batch=1)
+    base = dict(config=name, params=cfg.num_params(), segment_length=cfg.segment_length, batch=1,
+                memory_precision=cfg.memory_precision)
     try:
         bench = Prefill(cfg)
     except Exception as e:  # noqa: BLE001
@@ -166,6 +167,8 @@ def main(argv=None):
     p.add_argument("--chunk_tokens", type=int, default=None, help=f"streaming chunk (default {DEFAULT_CHUNK})")
     p.add_argument("--sweep_chunks", default=None, help="other chunk sizes tried at --sweep_length ('none': no sweep)")
     p.add_argument("--sweep_length", type=int, default=None)
+    p.add_argument("--memory_precision", default="highest", choices=("highest", "bf16_3x", "default"),
+                   help="precision of the memory einsums (ModelConfig.memory_precision)")
     args = p.parse_args(argv)
     emit = common.Emitter(args.jsonl, "prefill")
     names = common.str_list(args.configs)

@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Query that reads the compressive memory: None = the checkpoint's ("rotated": what nanotron computes),
     # "unrotated" = the paper's intent.
     c.memory_query = config_dict.placeholder(str)
+    # Attention inside a segment: None/"xla" (any device and dtype) or "cudnn" (fused, GPU, bf16/fp16 only).
+    c.attention_impl = config_dict.placeholder(str)
+    # Memory einsums on GPU: None/"highest" (fp32 exact), "bf16_3x" (near-fp32, faster), "default" (one pass).
+    c.memory_precision = config_dict.placeholder(str)
     # Segment length, only for Hugging Face Llama folders (nanotron / converted dirs carry their own).
     c.segment_length = config_dict.placeholder(int)
     # Tokenizer: a hub name (must be in the HF cache when offline) or a local directory.

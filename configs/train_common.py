@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.job = "train"  # main.py dispatches to infini_jax.train.run
     # Output directory: checkpoints/, metrics.jsonl, model/ (the exported converted model), eval/, eval.json.
     c.workdir = "outputs/train"
+    # Only evaluate (config.eval) the model at init_from, or workdir/model when unset: no training.
+    c.eval_only = False
     c.seed = 0  # parameter initialisation
     c.data_seed = 1  # training data (pass keys, haystack offsets, needle depths, virtual lengths)
     c.init_std = 0.02  # N(0, std) init; o_proj / down_proj get std / sqrt(2 * num_layers) (nanotron RandomInit)
@@ -117,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Share of batches whose answer straddles or starts a segment boundary (the case of prompts of exactly
     # k * segment_length tokens, where the shipped demo model fails); 0 reproduces the shipped model.
     d.answer_boundary_share = 0.0
+    # Which answer digit (0-based) opens the new segment in those batches; () = any. (0,) is the evaluation of
+    # a prompt of exactly k * segment_length tokens (the first generated digit opens a segment).
+    d.answer_boundary_digits = ()
     d.key_terminator = False  # train the "." after the key (so generations stop writing digits: strict scoring)
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated
     d.text_fraction = 0.5  # "mix": fraction of each batch's rows from text

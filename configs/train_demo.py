@@ -1,13 +1,15 @@
 """Trains the small byte-level demo model to retrieve pass keys with the memory-first curriculum of
 ``retrieval_recipe.md`` (see docs/training.md)::
 
-    python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo          # GPU, ~6 min
+    python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo          # GPU, ~9 min
     python main.py --config=configs/train_demo.py:cpu_smoke --config.workdir=/tmp/train_smoke   # CPU, seconds
 
 Model: byte-level demo tokenizer (260 ids, vocab padded to 384), 4 layers, hidden 256, 4 heads x 64, SwiGLU 768,
 segments of 256 tokens, gate sigmoid(beta) with beta = 0 at init, memory_query "rotated" (nanotron's numerics).
 Curriculum: 768 x 128 (50% of the time, 80% of needles before the final segment, gated on far-needle
-accuracy 0.5) -> 2048 x 64 (15%) -> 8192 x 32 (35%, virtual length up to 256).
+accuracy 0.5) -> 2048 x 64 (15%) -> 8192 x 32 (35%, virtual length up to 256). Added to the recipe: in 30% of
+the batches a segment boundary falls inside or just before the answer (prompts of exactly k x 256 tokens,
+as 32K / 128K / 1M are, make the generated answer open a fresh segment), and the "." after the key is trained.
 AdamW (0.9, 0.95, eps 1e-8), LR 2e-3, balance-factor LR 3e-3, weight decay 0.1 on non-embedding matrices,
 clip 1.0, warm-up 150 steps, cosine to 0.1x. Loss: answer CE + 1.0 x needle-copy CE + 0.2 x next-byte CE.
 Outputs in workdir: metrics.jsonl, checkpoints/, model/ (load_model-ready), eval/ and eval.json.
@@ -20,7 +22,7 @@ from configs.train_common import stage
 def get_config(variant: str = ""):
     c = train_common.get_config()
     c.workdir = "outputs/train_demo"
-    c.total_seconds = 360.0
+    c.total_seconds = 330.0
     c.total_steps = 0
     c.curriculum = {
         "stage_0": stage("memory_first_768", 768, 128, 0.50, force_early_needle=0.8, advance_min_accuracy=0.5,
@@ -28,8 +30,11 @@ def get_config(variant: str = ""):
         "stage_1": stage("uniform_2k", 2048, 64, 0.15),
         "stage_2": stage("virtual_8k", 8192, 32, 0.35, virtual_length_max=256.0),
     }
-    c.eval.context_lengths = (8192, 32768, 131072, 1048576)
-    c.eval.num_samples = 6  # x 11 depths x 2 haystacks = 132 per length, as in the recipe
+    c.data.answer_boundary_share = 0.3
+    c.data.key_terminator = True
+    c.eval.context_lengths = (32768, 131072, 1048576)
+    c.eval.num_samples = 14  # x 11 depths x 2 haystacks = 308 per length
+    c.eval.batch_size = 28  # one generate call per (length, depth)
     c.eval.prefill_chunk_tokens = 65536
     c.save_every = 500
     c.log_every = 25

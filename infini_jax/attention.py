@@ -189,12 +189,14 @@ class InfiniAttention(nnx.Module):
                 sigma_k.reshape(b, c, seg, kv, d), v_state.reshape(b, c, seg, kv, d),
                 w, has_memory, state,
                 stop_gradient_between_segments=stop_gradient_between_segments,
+                precision=cfg.memory_matmul_precision,
             )
             attn = self._combine(local, a_mem.reshape(b, t, n, d))
             # The last segment's tokens so far, as a pending delta against the memory before it.
             filled = num_tokens - last_seg * seg
             w_last = (jnp.arange(seg)[None, :] < filled[:, None]).astype(jnp.float32) * take(weight)
-            delta = mem.memory_delta(state, take(sigma_k), take(v_state), w_last, last_seg > 0)
+            delta = mem.memory_delta(state, take(sigma_k), take(v_state), w_last, last_seg > 0,
+                                     cfg.memory_matmul_precision)
             pending = jax.tree.map(pick, delta, pending)
         else:
             attn = local
@@ -216,9 +218,11 @@ class InfiniAttention(nnx.Module):
         q, k, v = self._project(x)
         pos = offset[:, None]
         q_rot, k_rot = self._rope(q, pos), self._rope(k, pos)
-        slot = (jnp.arange(seg)[None, :] == offset[:, None])[:, :, None, None]  # [B, L, 1, 1]
-        k_rot_buf = jnp.where(slot, k_rot, cache.k_rot)
-        v_buf = jnp.where(slot, v, cache.v)
+        # Write the new key/value into each row's slot in place (a scatter of one [K, D] slice per row,
+        # not a rewrite of the whole [L, K, D] buffer).
+        write = jax.vmap(lambda buf, new, at: jax.lax.dynamic_update_slice_in_dim(buf, new, at, axis=0))
+        k_rot_buf = write(cache.k_rot, k_rot.astype(cache.k_rot.dtype), offset)
+        v_buf = write(cache.v, v.astype(cache.v.dtype), offset)
         visible = (jnp.arange(seg)[None, :] <= offset[:, None])[:, None, None, None, :]
         local = local_attention(q_rot, k_rot_buf, v_buf, visible, matmul_precision(cfg))
         state, pending = mem.MemoryState(cache.M, cache.z), mem.MemoryState(cache.dM, cache.dz)
@@ -233,9 +237,10 @@ class InfiniAttention(nnx.Module):
             pending = jax.tree.map(on_boundary, jax.tree.map(jnp.zeros_like, pending), pending)
             has_memory = positions >= seg
             delta = mem.memory_delta(state, mem.sigma(k.astype(sdt)), v.astype(sdt),
-                                     jnp.ones(positions.shape + (1,), jnp.float32), has_memory)
+                                     jnp.ones(positions.shape + (1,), jnp.float32), has_memory,
+                                     cfg.memory_matmul_precision)
             pending = mem.add(pending, delta)
-            a_mem = mem.read_memory(self._sigma_q(q, q_rot), state, has_memory)
+            a_mem = mem.read_memory(self._sigma_q(q, q_rot), state, has_memory, cfg.memory_matmul_precision)
             attn = self._combine(local, a_mem.reshape(local.shape))
         else:
             attn = local

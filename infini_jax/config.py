@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 
@@ -44,6 +45,12 @@ def config_value(config: Any, name: str, default: Any = None) -> Any:
         return default
     return default if value is None else value
 
+
+MEMORY_PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "bf16_3x": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3,
+    "default": jax.lax.Precision.DEFAULT,
+}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -92,6 +99,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     memory_dtype: str = "float32"  # "bfloat16" mimics nanotron's bf16 memory arithmetic
     attention_impl: str = "xla"  # "xla" (any device/dtype) | "cudnn" (GPU fused attention, bf16/fp16)
+    # Precision of the memory einsums on GPU (no effect on CPU, which computes fp32 exactly):
+    # "highest" = true fp32 (the parity default); "bf16_3x" = three bf16 tensor-core passes (near-fp32 error);
+    # "default" = one pass (TF32/bf16 on GPU, ~1e-3 relative error in M: for speed experiments only).
+    memory_precision: str = "highest"
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype", "memory_dtype"):
@@ -116,6 +127,10 @@ class ModelConfig:
             )
         if self.attention_impl not in ("xla", "cudnn"):
             raise ValueError(f"attention_impl {self.attention_impl!r} is unknown: use 'xla' or 'cudnn'.")
+        if self.memory_precision not in MEMORY_PRECISIONS:
+            raise ValueError(
+                f"memory_precision {self.memory_precision!r} is unknown: use one of {sorted(MEMORY_PRECISIONS)}."
+            )
         if self.attention_impl == "cudnn" and self.dtype == "float32":
             raise ValueError("attention_impl='cudnn' needs dtype bfloat16 or float16; use 'xla' for fp32.")
         if self.hidden_act != "silu":
@@ -152,6 +167,10 @@ class ModelConfig:
     @property
     def storage_dtype(self):
         return _DTYPES[self.param_dtype]
+
+    @property
+    def memory_matmul_precision(self):
+        return MEMORY_PRECISIONS[self.memory_precision]
 
     @property
     def state_dtype(self):

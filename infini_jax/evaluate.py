@@ -173,8 +173,9 @@ def load_eval_model(config, mesh=None):
     """``load_model(config.ckpt_path, dtype=config.dtype, ...)`` and a log line about what was loaded."""
     path = config.ckpt_path
     overrides: dict[str, Any] = {}
-    if _opt(config, "memory_query"):
-        overrides["memory_query"] = config.memory_query
+    for name in ("memory_query", "attention_impl", "memory_precision"):
+        if _opt(config, name):
+            overrides[name] = config[name]
     if _opt(config, "segment_length"):  # only used for Hugging Face Llama folders
         overrides["segment_length"] = int(config.segment_length)
     if mesh is not None:

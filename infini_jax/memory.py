@@ -44,9 +44,9 @@ def sigma(x: jax.Array) -> jax.Array:
     return (jax.nn.elu(x) + 1).astype(x.dtype)
 
 
-def _mm(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+def _mm(spec: str, a: jax.Array, b: jax.Array, dtype, precision=HIGHEST) -> jax.Array:
     """einsum with fp32 accumulation, rounded once to ``dtype`` (as torch's bf16 matmul/sum)."""
-    return einsum_f32(spec, a.astype(dtype), b.astype(dtype), HIGHEST).astype(dtype)
+    return einsum_f32(spec, a.astype(dtype), b.astype(dtype), precision).astype(dtype)
 
 
 def _safe_div(num: jax.Array, den: jax.Array, valid: jax.Array) -> jax.Array:
@@ -55,21 +55,22 @@ def _safe_div(num: jax.Array, den: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid, num / den, jnp.zeros_like(num))
 
 
-def read_memory(sigma_q: jax.Array, state: MemoryState, has_memory: jax.Array) -> jax.Array:
+def read_memory(sigma_q: jax.Array, state: MemoryState, has_memory: jax.Array, precision=HIGHEST) -> jax.Array:
     """Retrieval for query heads grouped by kv head.
 
     sigma_q: [B, T, K, G, D] (already sigma'd, in state dtype); has_memory: [B] bool.
     Returns A_mem [B, T, K, G, D] in the state dtype; exactly zero for rows without memory.
+    ``precision``: of the two einsums on GPU (``ModelConfig.memory_precision``; fp32 exact by default).
     """
     dt = state.M.dtype
-    num = _mm("btkgd,bkde->btkge", sigma_q, state.M, dt)
-    den = _mm("btkgd,bkd->btkg", sigma_q, state.z, dt)[..., None]
+    num = _mm("btkgd,bkde->btkge", sigma_q, state.M, dt, precision)
+    den = _mm("btkgd,bkd->btkg", sigma_q, state.z, dt, precision)[..., None]
     valid = has_memory[:, None, None, None, None]
     return _safe_div(num, den, valid).astype(dt)
 
 
 def memory_delta(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
-                 has_memory: jax.Array) -> MemoryState:
+                 has_memory: jax.Array, precision=HIGHEST) -> MemoryState:
     """What one segment (or part of it) adds to the memory under the delta rule, computed against
     ``state`` = the memory before that segment.
 
@@ -79,15 +80,15 @@ def memory_delta(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: j
     """
     dt = state.M.dtype
     retrieved = _safe_div(
-        _mm("btkd,bkde->btke", sigma_k, state.M, dt),
-        _mm("btkd,bkd->btk", sigma_k, state.z, dt)[..., None],
+        _mm("btkd,bkde->btke", sigma_k, state.M, dt, precision),
+        _mm("btkd,bkd->btk", sigma_k, state.z, dt, precision)[..., None],
         has_memory[:, None, None, None],
     )
     # Tokens with weight 0 (padding) must not touch the state, even if their values are not finite.
     written = (weight > 0)[:, :, None, None]
     v_delta = jnp.where(written, (v.astype(dt) - retrieved).astype(dt), 0)
     weighted_k = jnp.where(written, sigma_k * weight[:, :, None, None].astype(dt), 0).astype(dt)
-    dM = _mm("btkd,btke->bkde", weighted_k, v_delta, dt)
+    dM = _mm("btkd,btke->bkde", weighted_k, v_delta, dt, precision)
     dz = jnp.sum(weighted_k.astype(jnp.float32), axis=1).astype(dt)
     return MemoryState(M=dM, z=dz)
 
@@ -97,14 +98,14 @@ def add(state: MemoryState, delta: MemoryState) -> MemoryState:
 
 
 def write_memory(state: MemoryState, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
-                 has_memory: jax.Array) -> MemoryState:
+                 has_memory: jax.Array, precision=HIGHEST) -> MemoryState:
     """Delta-rule update with one segment: ``state + memory_delta(state, ...)`` (shapes as there)."""
-    return add(state, memory_delta(state, sigma_k, v, weight, has_memory))
+    return add(state, memory_delta(state, sigma_k, v, weight, has_memory, precision))
 
 
 def memory_scan(sigma_q: jax.Array, sigma_k: jax.Array, v: jax.Array, weight: jax.Array,
-                has_memory: jax.Array, state: MemoryState, *,
-                stop_gradient_between_segments: bool = False) -> tuple[jax.Array, MemoryState]:
+                has_memory: jax.Array, state: MemoryState, *, stop_gradient_between_segments: bool = False,
+                precision=HIGHEST) -> tuple[jax.Array, MemoryState]:
     """Reads then writes the memory segment by segment with ``jax.lax.scan`` (fp32 carry by default).
 
     sigma_q: [B, C, L, K, G, D]; sigma_k, v: [B, C, L, K, D]; weight: [B, C, L] (0 = not written);
@@ -116,8 +117,8 @@ def memory_scan(sigma_q: jax.Array, sigma_k: jax.Array, v: jax.Array, weight: ja
         sq, sk, vv, w, hm = xs
         if stop_gradient_between_segments:
             carry = jax.tree.map(jax.lax.stop_gradient, carry)
-        a_mem = read_memory(sq, carry, hm)
-        return write_memory(carry, sk, vv, w, hm), a_mem
+        a_mem = read_memory(sq, carry, hm, precision)
+        return write_memory(carry, sk, vv, w, hm, precision), a_mem
 
     to_scan = lambda x: jnp.moveaxis(x, 1, 0)  # segment axis first
     xs = tuple(map(to_scan, (sigma_q, sigma_k, v, weight, has_memory)))

@@ -54,7 +54,8 @@ MODEL_DIR = "model"
 MODEL_CARD_FILE = "model_card.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 # ModelConfig fields that may be changed when fine-tuning a checkpoint (numerics, not architecture).
-NUMERIC_FIELDS = ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl")
+NUMERIC_FIELDS = ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl",
+                  "memory_precision")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -270,6 +271,7 @@ class Trainer:
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
         self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
+        self.answer_boundary_digits = tuple(int(j) for j in (_cfg_get(d, "answer_boundary_digits", ()) or ()))
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
 
     def _make_mesh(self):
@@ -322,6 +324,7 @@ class Trainer:
                                              virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one,
                                              random_answer_position=self.random_answer_position,
                                              answer_boundary_share=self.answer_boundary_share,
+                                             answer_boundary_digits=self.answer_boundary_digits,
                                              key_terminator=self.key_terminator))
         return concat_batches(parts)
 
@@ -520,8 +523,33 @@ def _to_one_device(model: InfiniLlama) -> InfiniLlama:
 
 
 # ----------------------------------------------------------------------------- entry point
+def evaluate_only(config) -> dict[str, Any]:
+    """``config.eval_only``: no training; evaluates ``config.init_from`` (default ``workdir/model``, a run's
+    export) with ``config.eval`` into ``workdir`` (eval/ and eval.json), e.g. with more samples or lengths."""
+    workdir = Path(config.workdir).absolute()
+    source = _cfg_get(config, "init_from") or str(workdir / "model")
+    if not Path(source).exists():
+        raise FileNotFoundError(f"eval_only: nothing to evaluate at {source}. Set --config.init_from=<model dir> "
+                                "or point --config.workdir at a finished training run (it exports workdir/model).")
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.init_from = source
+    model = build_model(config)
+    tokenizer = load_tokenizer_for(config)
+    from infini_jax.data.tokenizer import check_vocab
+
+    check_vocab(tokenizer, model.cfg.vocab_size)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logging.info("Evaluating %s in %s (no training)", source, workdir)
+    return {"workdir": str(workdir), "model_dir": source,
+            "eval": run_eval(config, model, tokenizer, workdir, model_id={"source": str(Path(source).absolute())})}
+
+
 def run(config) -> dict[str, Any]:
-    """Trains (resuming from ``config.workdir`` when possible), exports and evaluates. Returns a summary."""
+    """Trains (resuming from ``config.workdir`` when possible), exports and evaluates. Returns a summary.
+    With ``config.eval_only`` it only evaluates (:func:`evaluate_only`)."""
+    if bool(_cfg_get(config, "eval_only", False)):
+        return evaluate_only(config)
     trainer = Trainer(config)
     resumed = trainer.restore()
     start = "resumed" if resumed else (f"from {config.init_from}" if _cfg_get(config, "init_from") else "from scratch")

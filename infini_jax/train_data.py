@@ -246,7 +246,7 @@ class PasskeyBatcher:
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
-               key_terminator: bool = False) -> dict[str, np.ndarray]:
+               answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
 
         ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
@@ -255,6 +255,9 @@ class PasskeyBatcher:
         exactly k * L tokens makes the answer start a fresh segment whose local context is empty.
         ``answer_boundary_share``: the probability (per batch) that ``t`` is chosen so that a segment boundary
         falls inside or right before the answer (the hard case of a prompt of exactly k * L tokens).
+        ``answer_boundary_digits``: which answer digits (0-based) may open the new segment in those batches
+        (default: any). ``(0,)`` is exactly the evaluation of a prompt of k * L tokens: the last prompt token
+        ends a segment, so the first generated digit opens the next one.
         ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
         writing digits after the key (strict scoring); it needs ``t >= 1``.
         """
@@ -265,7 +268,10 @@ class PasskeyBatcher:
         if random_answer_position or answer_boundary_share > 0 or key_terminator:
             shift = int(rng.integers(1 if key_terminator else 0, max(2, limit)))
             if rng.random() < answer_boundary_share:
-                boundary_shift = (full - d + int(rng.integers(0, d))) % seg  # (answer start + j) % L == 0
+                j = int(rng.choice(answer_boundary_digits)) if answer_boundary_digits else int(rng.integers(0, d))
+                if not 0 <= j < d:
+                    raise ValueError(f"answer_boundary_digits must lie in [0, {d}), got {answer_boundary_digits}.")
+                boundary_shift = (full - d + j) % seg  # (answer start + j) % L == 0
                 if key_terminator and boundary_shift == 0:
                     boundary_shift = seg
                 if boundary_shift < limit:

@@ -68,3 +68,21 @@ def test_padding_does_not_change_model_memory_or_logits():
     for x, y in zip(ca.layers, cb.layers, strict=True):
         np.testing.assert_allclose(np.asarray(x.M), np.asarray(y.M), atol=1e-5)
         np.testing.assert_allclose(np.asarray(x.z), np.asarray(y.z), atol=1e-5)
+
+
+def test_memory_precision_reaches_the_memory_einsums_and_bad_values_are_refused():
+    import jax
+    import pytest
+
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2,
+                segment_length=4)
+    ids = jnp.arange(12, dtype=jnp.int32)[None] % 64
+    texts = {}
+    for name in ("highest", "bf16_3x"):
+        model = random_model(ModelConfig(**base, memory_precision=name), seed=0)
+        texts[name] = str(jax.make_jaxpr(lambda i, m=model: m(i))(ids))
+    # The memory einsums carry the requested algorithm; the fp32 projections stay HIGHEST in both.
+    assert "BF16_BF16_F32_X3" in texts["bf16_3x"] and "BF16_BF16_F32_X3" not in texts["highest"]
+    assert "Precision.HIGHEST" in texts["bf16_3x"]
+    with pytest.raises(ValueError, match="memory_precision 'fast' is unknown"):
+        ModelConfig(**base, memory_precision="fast")

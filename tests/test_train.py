@@ -360,3 +360,38 @@ def test_answer_boundary_share_and_key_terminator():
         first_digit = pos[0] + 1
         # A segment boundary falls at or inside the answer: some digit sits at offset 0 of a segment.
         assert any((first_digit + j) % 64 == 0 for j in range(5))
+
+
+def test_answer_boundary_digits_pins_the_digit_that_opens_a_segment():
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher
+
+    batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=64, num_digits=5)
+    rng = np.random.default_rng(2)
+    for j in (0, 3):
+        for _ in range(4):
+            out = batcher.sample(rng, 2, 512, answer_boundary_share=1.0, answer_boundary_digits=(j,),
+                                 key_terminator=True)
+            first_digit = np.flatnonzero(out["answer_mask"][0])[0] + 1
+            assert (first_digit + j) % 64 == 0, (j, first_digit)
+    with pytest.raises(ValueError, match="answer_boundary_digits"):
+        batcher.sample(rng, 2, 512, answer_boundary_share=1.0, answer_boundary_digits=(5,))
+
+
+def test_eval_only_evaluates_an_exported_model_without_training(reference_run, tmp_path):
+    from infini_jax.train import run
+
+    exported = reference_run.export()
+    config = _config(tmp_path / "eval_only")
+    config.eval_only = True
+    config.init_from = str(exported)
+    config.eval.enabled = True
+    config.eval.context_lengths, config.eval.depths, config.eval.num_samples = (SEQ,), (50,), 1
+    out = run(config)
+    assert out["model_dir"] == str(exported) and out["eval"]["overall"]["num_samples"] == 2
+    assert (tmp_path / "eval_only" / "eval.json").is_file()
+    assert not (tmp_path / "eval_only" / "checkpoints").exists()  # nothing was trained
+    config.init_from = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="nothing to evaluate"):
+        run(config)
