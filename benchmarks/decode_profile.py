@@ -6,9 +6,17 @@ Decode at batch 1 is far from its bandwidth roofline for small models (benchmark
 not by bytes; this script measures that instead of guessing::
 
     python benchmarks/decode_profile.py --configs 300m,1b --out_dir $OUT/profile
-    python benchmarks/decode_profile.py --configs 300m --variants base,no_command_buffer,command_buffer_all
+    python benchmarks/decode_profile.py --configs 300m --variants pad1,pad8,no_command_buffer
 
-Each variant runs in a child process (XLA_FLAGS are read once per process). Writes ``decode_profile.json``
+Variants: ``pad1`` / ``pad8`` / ``pad16`` (the rows a decode step's matmuls are padded to,
+``INFINI_DECODE_MATMUL_ROWS``; the GPU default is 8), ``no_command_buffer`` and ``command_buffer_all``
+(XLA's CUDA-graph settings), ``base`` (defaults). Each variant runs in a child process (XLA_FLAGS and the
+environment are read once per process).
+
+Findings on an H200 (jax 0.11.2, 2026-11-29; benchmarks/results/2026-11-29_followup_H200.md): the GPU is busy
+for the whole step (not launch-bound); one-row matmuls were strength-reduced by XLA into multiply + reduce
+kernels at ~1 TB/s (the flag that disables that, ``xla_gpu_enable_dot_strength_reduction``, does not exist in
+this XLA); padding them to 8 rows keeps them GEMMs. Writes ``decode_profile.json``
 (and the optimized HLO text per config) to ``--out_dir``. The per-token time is measured as in
 ``benchmarks/decode.py`` (chains of 1 and 3 compiled calls, differenced).
 """
@@ -31,14 +39,14 @@ import common
 VARIANTS = {
     "base": "",
     "no_command_buffer": "--xla_gpu_enable_command_buffer=",
-    "no_dot_strength_reduction": "--xla_gpu_enable_dot_strength_reduction=false",
     "command_buffer_all": ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,"
                            "CONDITIONAL --xla_gpu_graph_min_graph_size=1"),
 }
 
-# Variants that pass compiler options to this one executable instead of process-wide XLA_FLAGS.
-JIT_OPTIONS = {"jit_option_no_dsr": {"xla_gpu_enable_dot_strength_reduction": False}}
-VARIANTS.update({name: "" for name in JIT_OPTIONS})
+# Variants that set environment variables of infini_jax (read at import).
+ENV_VARIANTS = {"pad1": {"INFINI_DECODE_MATMUL_ROWS": "1"}, "pad8": {"INFINI_DECODE_MATMUL_ROWS": "8"},
+                "pad16": {"INFINI_DECODE_MATMUL_ROWS": "16"}}
+VARIANTS.update({name: "" for name in ENV_VARIANTS})
 
 
 def hlo_counts(text: str) -> dict:
@@ -119,8 +127,7 @@ def child(args) -> dict:
     n = args.n_steps
     t0 = time.perf_counter()
     lowered = bench.fn.lower(bench.state, tok, cache, n_steps=n)
-    options = dict(JIT_OPTIONS.get(args.variant, {}))
-    compiled = lowered.compile(options) if options else lowered.compile()
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     text = compiled.as_text()
     out = {"config": args.config, "batch": args.batch, "n_steps": n, "variant": args.variant,
@@ -155,8 +162,8 @@ def main(argv=None):
     common.env_setup()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="300m,1b")
-    p.add_argument("--variants", default="base,no_dot_strength_reduction,jit_option_no_dsr")
-    p.add_argument("--trace_variants", default="base,no_dot_strength_reduction",
+    p.add_argument("--variants", default="pad1,pad8,pad16")
+    p.add_argument("--trace_variants", default="pad1,pad8",
                    help="variants that also record a profiler trace")
     p.add_argument("--memory_precision", default="highest")
     p.add_argument("--batch", type=int, default=1)
@@ -183,6 +190,7 @@ def main(argv=None):
         for variant in common.str_list(args.variants):
             env = dict(os.environ)
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + VARIANTS[variant]).strip()
+            env.update(ENV_VARIANTS.get(variant, {}))
             result_path = os.path.join(args.out_dir, f".{config}_{variant}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--config", config, "--variant", variant,
                    "--batch", str(args.batch), "--n_steps", str(args.n_steps), "--reps", str(args.reps),

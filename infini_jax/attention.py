@@ -21,7 +21,7 @@ from flax import nnx
 
 from infini_jax import memory as mem
 from infini_jax.config import GateActivation, MemoryQuery, ModelConfig
-from infini_jax.layers import apply_rope, einsum_f32, matmul_precision, param
+from infini_jax.layers import apply_rope, einsum_f32, matmul_precision, pad_rows, param
 
 
 class LayerCache(NamedTuple):
@@ -215,14 +215,12 @@ class InfiniAttention(nnx.Module):
         cfg = self.cfg
         seg = cfg.segment_length
         offset = positions % seg
-        q, k, v = self._project(x)
+        q, k, v = (y[:, :1] for y in self._project(pad_rows(x)))
         pos = offset[:, None]
         q_rot, k_rot = self._rope(q, pos), self._rope(k, pos)
-        # Write the new key/value into each row's slot in place (a scatter of one [K, D] slice per row,
-        # not a rewrite of the whole [L, K, D] buffer).
-        write = jax.vmap(lambda buf, new, at: jax.lax.dynamic_update_slice_in_dim(buf, new, at, axis=0))
-        k_rot_buf = write(cache.k_rot, k_rot.astype(cache.k_rot.dtype), offset)
-        v_buf = write(cache.v, v.astype(cache.v.dtype), offset)
+        slot = (jnp.arange(seg)[None, :] == offset[:, None])[:, :, None, None]  # [B, L, 1, 1]
+        k_rot_buf = jnp.where(slot, k_rot, cache.k_rot)
+        v_buf = jnp.where(slot, v, cache.v)
         visible = (jnp.arange(seg)[None, :] <= offset[:, None])[:, None, None, None, :]
         local = local_attention(q_rot, k_rot_buf, v_buf, visible, matmul_precision(cfg))
         state, pending = mem.MemoryState(cache.M, cache.z), mem.MemoryState(cache.dM, cache.dz)
@@ -245,4 +243,4 @@ class InfiniAttention(nnx.Module):
         else:
             attn = local
         new_cache = LayerCache(M=state.M, z=state.z, dM=pending.M, dz=pending.z, k_rot=k_rot_buf, v=v_buf)
-        return self._output(attn), new_cache
+        return self._output(pad_rows(attn))[:, :1], new_cache

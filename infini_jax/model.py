@@ -20,7 +20,7 @@ from flax import nnx
 
 from infini_jax.attention import InfiniAttention, LayerCache, init_layer_cache
 from infini_jax.config import ModelConfig
-from infini_jax.layers import MLP, RMSNorm, matmul_precision, param
+from infini_jax.layers import MLP, RMSNorm, matmul_precision, pad_rows, param
 
 
 class ModelCache(NamedTuple):
@@ -55,7 +55,7 @@ class DecoderBlock(nnx.Module):
     def decode(self, x, cache: LayerCache, positions):
         h, cache = self.attn.decode(self.input_layernorm(x), cache, positions)
         h = (x + h).astype(x.dtype)
-        return (h + self.mlp(self.post_attention_layernorm(h))).astype(x.dtype), cache
+        return (h + self.mlp(pad_rows(self.post_attention_layernorm(h)))[:, :1]).astype(x.dtype), cache
 
 
 class InfiniLlama(nnx.Module):

@@ -103,3 +103,27 @@ def test_bucket_lengths_are_few_and_bounded():
         b = bucket_length(n, 64)
         assert b >= n and b % 64 == 0 and (b <= 2 * 64 or b <= 1.126 * n + 64)
     assert bucket_length(1000, 64, chunk=256) % 256 == 0
+
+
+def test_padded_decode_matmul_rows_change_nothing(model, monkeypatch):
+    """The GPU default pads a decode step's matmuls to 8 rows (layers.decode_matmul_rows); the real rows'
+    logits and cache must be those of the unpadded step."""
+    from infini_jax.layers import pad_rows
+
+    x = jnp.ones((3, 1, 4))
+    assert pad_rows(x, 8).shape == (3, 3, 4) and pad_rows(x, 2).shape == (3, 1, 4)  # B * T >= rows
+    assert pad_rows(jnp.ones((1, 1, 2, 5)), 8).shape == (1, 8, 2, 5)
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, CFG.vocab_size, (1, 10)), jnp.int32)
+    outs = {}
+    for rows in ("1", "8"):
+        monkeypatch.setenv("INFINI_DECODE_MATMUL_ROWS", rows)
+        logits, cache = model.prefill(ids, jnp.asarray([7]))
+        steps = []
+        for _ in range(4):  # crosses a segment boundary (L = 5)
+            tok = jnp.argmax(logits, -1).astype(jnp.int32)
+            logits, cache = model.decode_step(tok, cache)
+            steps.append(np.asarray(logits))
+        outs[rows] = (np.stack(steps), jax.tree.map(np.asarray, cache.layers))
+    np.testing.assert_allclose(outs["8"][0], outs["1"][0], rtol=1e-5, atol=1e-5)  # fp32 summation order
+    for a, b in zip(jax.tree.leaves(outs["8"][1]), jax.tree.leaves(outs["1"][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
