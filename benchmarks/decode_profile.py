@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import common
@@ -43,7 +44,7 @@ VARIANTS = {
                            "CONDITIONAL --xla_gpu_graph_min_graph_size=1"),
 }
 
-# Variants that set environment variables of infini_jax (read at import).
+# Variants that set environment variables of infini_jax (read when the decode step is traced).
 ENV_VARIANTS = {"pad1": {"INFINI_DECODE_MATMUL_ROWS": "1"}, "pad8": {"INFINI_DECODE_MATMUL_ROWS": "8"},
                 "pad16": {"INFINI_DECODE_MATMUL_ROWS": "16"}}
 VARIANTS.update({name: "" for name in ENV_VARIANTS})
@@ -196,7 +197,7 @@ def main(argv=None):
                    "--batch", str(args.batch), "--n_steps", str(args.n_steps), "--reps", str(args.reps),
                    "--memory_precision", args.memory_precision, "--result", result_path]
             if variant in common.str_list(args.trace_variants):
-                cmd += ["--trace_dir", f"/tmp/decode_trace_{config}_{variant}",
+                cmd += ["--trace_dir", tempfile.mkdtemp(prefix=f"decode_trace_{config}_{variant}_"),
                         "--hlo_out", os.path.join(args.out_dir, f"hlo_{config}_{variant}.txt")]
             if args.smoke:
                 cmd.append("--smoke")

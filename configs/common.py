@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.memory_query = config_dict.placeholder(str)
     # Attention inside a segment: None/"xla" (any device and dtype) or "cudnn" (fused, GPU, bf16/fp16 only).
     c.attention_impl = config_dict.placeholder(str)
-    # Memory einsums on GPU: None/"highest" (fp32 exact), "bf16_3x" (near-fp32, faster), "default" (one pass).
+    # Memory einsums on GPU: None/"highest" (fp32, exact), "bf16_3x" (three bf16 passes), "default" (one pass,
+    # fastest prefill). See benchmarks/results/2026-11-29_followup_H200.md.
     c.memory_precision = config_dict.placeholder(str)
     # Segment length, only for Hugging Face Llama folders (nanotron / converted dirs carry their own).
     c.segment_length = config_dict.placeholder(int)

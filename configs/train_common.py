@@ -34,14 +34,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.job = "train"  # main.py dispatches to infini_jax.train.run
     # Output directory: checkpoints/, metrics.jsonl, model/ (the exported converted model), eval/, eval.json.
     c.workdir = "outputs/train"
-    # Only evaluate (config.eval) the model at init_from, or workdir/model when unset: no training.
+    # Only evaluate (config.eval) the model at init_from, or workdir/model when unset: no training. The model
+    # keeps its own numerics except the compute dtype (model.dtype).
     c.eval_only = False
     c.seed = 0  # parameter initialisation
     c.data_seed = 1  # training data (pass keys, haystack offsets, needle depths, virtual lengths)
     c.init_std = 0.02  # N(0, std) init; o_proj / down_proj get std / sqrt(2 * num_layers) (nanotron RandomInit)
     # Start from a checkpoint instead of a random model: nanotron step dir, converted dir or HF Llama folder.
     # Its architecture is kept; only the numerics of `model` (dtype, param_dtype, memory_dtype, memory_query,
-    # attention_impl; segment_length for HF folders) are applied.
+    # attention_impl, memory_precision; segment_length for HF folders) are applied.
     c.init_from = config_dict.placeholder(str)
     # Tokenizer (local directory or cached hub name); None = the byte-level demo tokenizer (260 ids).
     c.tokenizer = config_dict.placeholder(str)
@@ -71,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # parameters and optimizer state stay fp32
     m.memory_dtype = "float32"  # M and z
     m.attention_impl = "xla"  # "cudnn": fused GPU attention (bf16/fp16 only)
+    m.memory_precision = "highest"  # memory einsums on GPU: "highest" (fp32), "bf16_3x" or "default" (one pass)
     c.model = m
     # Cut the gradient between segments (memory carried forward but not differentiated through).
     c.stop_gradient_between_segments = False
@@ -117,7 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.virtual_length_prob_one = 0.1  # probability of r = 1 in a virtual-length stage
     d.random_answer_position = True  # end prompt+answer a random 0..L-1 tokens before the row end (see train_data)
     # Share of batches whose answer straddles or starts a segment boundary (the case of prompts of exactly
-    # k * segment_length tokens, where the shipped demo model fails); 0 reproduces the shipped model.
+    # k * segment_length tokens: the generated answer opens a fresh segment). train_demo uses 0.3; without it
+    # the demo models failed at 32K / 128K / 1M (docs/training.md).
     d.answer_boundary_share = 0.0
     # Which answer digit (0-based) opens the new segment in those batches; () = any. (0,) is the evaluation of
     # a prompt of exactly k * segment_length tokens (the first generated digit opens a segment).

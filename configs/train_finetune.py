@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
     # Numerics only (the architecture is the checkpoint's). segment_length: Hugging Face Llama folders only.
     m = c.model
     for name in list(m.keys()):
-        if name not in ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl"):
+        if name not in ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl", "memory_precision"):
             del m[name]
     m.segment_length = config_dict.placeholder(int)
 

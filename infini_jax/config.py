@@ -100,8 +100,9 @@ class ModelConfig:
     memory_dtype: str = "float32"  # "bfloat16" mimics nanotron's bf16 memory arithmetic
     attention_impl: str = "xla"  # "xla" (any device/dtype) | "cudnn" (GPU fused attention, bf16/fp16)
     # Precision of the memory einsums on GPU (no effect on CPU, which computes fp32 exactly):
-    # "highest" = true fp32 (the parity default); "bf16_3x" = three bf16 tensor-core passes (near-fp32 error);
-    # "default" = one pass (TF32/bf16 on GPU, ~1e-3 relative error in M: for speed experiments only).
+    # "highest" = true fp32 (the parity default); "bf16_3x" = three bf16 tensor-core passes; "default" = one
+    # pass. Measured on an H200 (benchmarks/results/2026-11-29_followup_H200.md): "default" prefills the 300M
+    # config 21% faster at 1M tokens, "bf16_3x" is no faster than fp32 there.
     memory_precision: str = "highest"
 
     def __post_init__(self):

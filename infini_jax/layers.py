@@ -37,7 +37,9 @@ def decode_matmul_rows() -> int:
     up to it. On GPU, XLA strength-reduces matmuls of one row into multiply + reduce kernels that run far
     below the copy bandwidth (benchmarks/decode_profile.py: 0.88 -> 0.60 ms/token for the 300M config, 1.61
     -> 1.42 for 1B on an H200 with 8 rows); the padded rows cost nothing there (the step is bound by
-    reading the weights). Default 8 on GPU, 1 (no padding) elsewhere; INFINI_DECODE_MATMUL_ROWS overrides."""
+    reading the weights). Default 8 on GPU, 1 (no padding) elsewhere; INFINI_DECODE_MATMUL_ROWS overrides.
+    The count applies to the global batch: with the batch split over a data axis each device may still run
+    fewer rows (not measured)."""
     value = os.environ.get("INFINI_DECODE_MATMUL_ROWS")
     if value:
         return max(1, int(value))

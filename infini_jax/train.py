@@ -272,6 +272,10 @@ class Trainer:
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
         self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
         self.answer_boundary_digits = tuple(int(j) for j in (_cfg_get(d, "answer_boundary_digits", ()) or ()))
+        n_digits = int(_cfg_get(d, "num_digits", 5))
+        if any(not 0 <= j < n_digits for j in self.answer_boundary_digits):
+            raise ValueError(f"data.answer_boundary_digits {self.answer_boundary_digits} must lie in [0, {n_digits}) "
+                             "(0-based indices of the key's digits).")
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
 
     def _make_mesh(self):
@@ -525,24 +529,40 @@ def _to_one_device(model: InfiniLlama) -> InfiniLlama:
 # ----------------------------------------------------------------------------- entry point
 def evaluate_only(config) -> dict[str, Any]:
     """``config.eval_only``: no training; evaluates ``config.init_from`` (default ``workdir/model``, a run's
-    export) with ``config.eval`` into ``workdir`` (eval/ and eval.json), e.g. with more samples or lengths."""
-    workdir = Path(config.workdir).absolute()
-    source = _cfg_get(config, "init_from") or str(workdir / "model")
-    if not Path(source).exists():
-        raise FileNotFoundError(f"eval_only: nothing to evaluate at {source}. Set --config.init_from=<model dir> "
-                                "or point --config.workdir at a finished training run (it exports workdir/model).")
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.init_from = source
-    model = build_model(config)
-    tokenizer = load_tokenizer_for(config)
+    export) with ``config.eval`` into ``workdir`` (eval/ and eval.json), e.g. with more samples or lengths.
+
+    The model keeps its own numerics (memory query, memory dtype and precision, attention); only the compute
+    dtype comes from ``config.model.dtype`` (parameters are held in fp32, as during training). Results are reused
+    on a re-run only for the same model directory, contents (model card) and numerics."""
+    from infini_jax.api import load_model
     from infini_jax.data.tokenizer import check_vocab
 
+    ev = _cfg_get(config, "eval")
+    if ev is None or not bool(_cfg_get(ev, "enabled", True)):
+        raise ValueError("eval_only=True with eval.enabled=False has nothing to do: enable config.eval.")
+    workdir = Path(config.workdir).absolute()
+    source = Path(_cfg_get(config, "init_from") or workdir / "model").absolute()
+    if not source.exists():
+        raise FileNotFoundError(f"eval_only: nothing to evaluate at {source}. Set --config.init_from=<model dir> "
+                                "or point --config.workdir at a finished training run (it exports workdir/model).")
+    if jax.process_index() != 0:  # as after training: one process evaluates (the model fits one device)
+        return {"workdir": str(workdir), "model_dir": str(source), "eval": None}
+    model_fields = _to_plain(config.model)
+    overrides = {}
+    if model_fields.get("segment_length"):
+        overrides["segment_length"] = int(model_fields["segment_length"])  # Hugging Face folders only
+    model = load_model(source, dtype=model_fields.get("dtype") or "bfloat16", param_dtype="float32", **overrides)
+    tokenizer = load_tokenizer_for(config)
     check_vocab(tokenizer, model.cfg.vocab_size)
+    card_path = source / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    model_id = {"source": str(source), "numerics": model.cfg.to_dict(),
+                "card": {k: card.get(k) for k in ("steps", "tokens_seen", "train_seconds")}}
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.info("Evaluating %s in %s (no training)", source, workdir)
-    return {"workdir": str(workdir), "model_dir": source,
-            "eval": run_eval(config, model, tokenizer, workdir, model_id={"source": str(Path(source).absolute())})}
+    logging.info("Evaluating %s in %s (no training; memory_query %s, dtype %s)", source, workdir,
+                 model.cfg.memory_query.value, model.cfg.dtype)
+    return {"workdir": str(workdir), "model_dir": str(source),
+            "eval": run_eval(config, model, tokenizer, workdir, model_id=model_id)}
 
 
 def run(config) -> dict[str, Any]:

@@ -113,11 +113,12 @@ def test_padded_decode_matmul_rows_change_nothing(model, monkeypatch):
     x = jnp.ones((3, 1, 4))
     assert pad_rows(x, 8).shape == (3, 3, 4) and pad_rows(x, 2).shape == (3, 1, 4)  # B * T >= rows
     assert pad_rows(jnp.ones((1, 1, 2, 5)), 8).shape == (1, 8, 2, 5)
-    ids = jnp.asarray(np.random.default_rng(3).integers(0, CFG.vocab_size, (1, 10)), jnp.int32)
+    # Three rows of unequal lengths: 8 rows need 3 token slots per row (B * T' = 9 >= 8).
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, CFG.vocab_size, (3, 10)), jnp.int32)
     outs = {}
     for rows in ("1", "8"):
         monkeypatch.setenv("INFINI_DECODE_MATMUL_ROWS", rows)
-        logits, cache = model.prefill(ids, jnp.asarray([7]))
+        logits, cache = model.prefill(ids, jnp.asarray([7, 10, 3]))
         steps = []
         for _ in range(4):  # crosses a segment boundary (L = 5)
             tok = jnp.argmax(logits, -1).astype(jnp.int32)

@@ -240,3 +240,16 @@ def test_benchmark_suite_combined_report(model_dir, loaded, tmp_path, capsys, mo
 def test_unknown_job(model_dir, tmp_path):
     with pytest.raises(ValueError, match="Unknown job"):
         runner.run(_config(model_dir, tmp_path, job="serve"))
+
+
+def test_numerics_options_of_the_eval_config_reach_the_model(model_dir, tmp_path):
+    config = _config(model_dir, tmp_path)
+    assert evaluate.load_eval_model(config).cfg.memory_precision == "highest"  # defaults: the checkpoint's
+    config.memory_query, config.memory_precision = "unrotated", "default"
+    config.dtype, config.attention_impl = "bfloat16", "xla"
+    cfg = evaluate.load_eval_model(config).cfg
+    assert (cfg.memory_query.value, cfg.memory_precision, cfg.dtype, cfg.attention_impl) == (
+        "unrotated", "default", "bfloat16", "xla")
+    config.memory_precision = "fast"
+    with pytest.raises(ValueError, match="memory_precision 'fast' is unknown"):
+        evaluate.load_eval_model(config)

@@ -389,9 +389,19 @@ def test_eval_only_evaluates_an_exported_model_without_training(reference_run, t
     config.eval.enabled = True
     config.eval.context_lengths, config.eval.depths, config.eval.num_samples = (SEQ,), (50,), 1
     out = run(config)
-    assert out["model_dir"] == str(exported) and out["eval"]["overall"]["num_samples"] == 2
+    assert out["model_dir"] == str(exported.absolute()) and out["eval"]["overall"]["num_samples"] == 2
     assert (tmp_path / "eval_only" / "eval.json").is_file()
     assert not (tmp_path / "eval_only" / "checkpoints").exists()  # nothing was trained
+    # The model keeps its own numerics: the config's memory_query does not override the checkpoint's.
+    config.model.memory_query = "unrotated"
+    again = run(config)
+    assert json.loads((tmp_path / "eval_only" / "eval" / "model_id.json").read_text())["numerics"][
+        "memory_query"] == reference_run.model().cfg.memory_query.value
+    assert again["eval"]["overall"] == out["eval"]["overall"]
+    config.eval.enabled = False
+    with pytest.raises(ValueError, match="nothing to do"):
+        run(config)
+    config.eval.enabled = True
     config.init_from = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="nothing to evaluate"):
         run(config)
