@@ -121,6 +121,15 @@ def test_main_demo(tmp_path):
     assert "PASSKEY RETRIEVAL ANALYSIS - DEMO MODEL" in proc.stdout
 
 
+def test_main_refuses_a_repeated_override(tmp_path):
+    # ml_collections would concatenate the two tuples ((512, 1024)) instead of keeping the last.
+    proc = _main("--config=configs/demo.py", f"--config.save_path={tmp_path}", "--config.context_lengths=(512,)",
+                 "--config.context_lengths=(1024,)")
+    assert proc.returncode != 0
+    assert "--config.context_lengths given more than once" in proc.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 def test_main_missing_ckpt_path(tmp_path):
     proc = _main("--config=configs/passkey_16k.py", f"--config.save_path={tmp_path}")
     assert proc.returncode != 0
