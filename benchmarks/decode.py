@@ -86,6 +86,22 @@ def interleaved(fn_a, fn_b, reps: int, budget_s: float) -> tuple[list[float], li
     return ta, tb
 
 
+def chain_calls(compiled, state, tok, cache, calls: int):
+    """``calls`` compiled calls of the decode loop, each continuing from the token and cache of the last."""
+    carry = (tok, cache)
+    for _ in range(calls):
+        carry = compiled(state, *carry)
+    return carry
+
+
+def time_per_step(compiled, state, tok, cache, n_steps: int, reps: int, budget_s: float):
+    """Seconds per decode step: (t(3 calls) - t(1 call)) / (2 n_steps), medians of interleaved timings.
+    Returns (seconds per step, times of 1 call, times of 3 calls)."""
+    one, three = interleaved(functools.partial(chain_calls, compiled, state, tok, cache, 1),
+                             functools.partial(chain_calls, compiled, state, tok, cache, 3), reps, budget_s)
+    return (common.median(three) - common.median(one)) / (2 * n_steps), one, three
+
+
 def run_config(name: str, batches: list[int], args, emit, deadline: common.Deadline):
     import jax
     import jax.numpy as jnp
@@ -110,19 +126,11 @@ def run_config(name: str, batches: list[int], args, emit, deadline: common.Deadl
             t0 = time.perf_counter()
             compiled = bench.fn.lower(bench.state, tok, cache, n_steps=n).compile()
             compile_s = time.perf_counter() - t0
-
-            def chain(calls, compiled=compiled, tok=tok, cache=cache):
-                carry = (tok, cache)
-                for _ in range(calls):
-                    carry = compiled(bench.state, *carry)
-                return carry
-
-            one, three = interleaved(functools.partial(chain, 1), functools.partial(chain, 3), args.reps,
-                                     budget_s=max(1.0, min(20.0, deadline.left() / 2)))
+            per_step, one, three = time_per_step(compiled, bench.state, tok, cache, n, args.reps,
+                                                 budget_s=max(1.0, min(20.0, deadline.left() / 2)))
         except Exception as e:  # noqa: BLE001
             emit.error(e, **rec)
             continue
-        per_step = (common.median(three) - common.median(one)) / (2 * n)
         emit(status="ok", compile_s=compile_s, times_1call_s=one, times_3calls_s=three, s_per_step=per_step,
              ms_per_token=per_step * 1e3, tokens_per_s=batch / per_step if per_step > 0 else None,
              peak_bytes=common.peak_bytes(), **rec)

@@ -115,11 +115,10 @@ def trace_summary(trace_dir: str, n_steps: int) -> dict:
 
 def child(args) -> dict:
     """Runs in a fresh process: compile, time, trace one config."""
-    import functools
 
     import jax
     import jax.numpy as jnp
-    from decode import Decode, interleaved
+    from decode import Decode, chain_calls, time_per_step
 
     cfg = common.model_config(args.config, smoke=args.smoke, memory_precision=args.memory_precision)
     bench = Decode(cfg)
@@ -137,21 +136,13 @@ def child(args) -> dict:
     if args.hlo_out:
         with open(args.hlo_out, "w") as f:
             f.write(text)
-
-    def chain(calls):
-        carry = (tok, cache)
-        for _ in range(calls):
-            carry = compiled(bench.state, *carry)
-        return carry
-
-    one, three = interleaved(functools.partial(chain, 1), functools.partial(chain, 3), args.reps, budget_s=20)
-    per_step = (common.median(three) - common.median(one)) / (2 * n)
+    per_step, one, three = time_per_step(compiled, bench.state, tok, cache, n, args.reps, budget_s=20)
     out.update(ms_per_token=per_step * 1e3, times_1call_s=one, times_3calls_s=three,
                roofline_bytes=common.decode_bytes(cfg, args.batch))
     if args.trace_dir:
-        jax.block_until_ready(chain(1))
+        jax.block_until_ready(chain_calls(compiled, bench.state, tok, cache, 1))
         with jax.profiler.trace(args.trace_dir, create_perfetto_trace=True):
-            jax.block_until_ready(chain(1))
+            jax.block_until_ready(chain_calls(compiled, bench.state, tok, cache, 1))
         try:
             out["trace"] = trace_summary(args.trace_dir, n)
         except Exception as e:  # noqa: BLE001
