@@ -43,7 +43,15 @@ from infini_jax.attention import gate_activation
 from infini_jax.config import ModelConfig
 from infini_jax.config import config_value as _cfg_get
 from infini_jax.model import InfiniLlama
-from infini_jax.train_data import BATCH_KEYS, PasskeyBatcher, TextStream, concat_batches, haystack_text, text_files
+from infini_jax.train_data import (
+    BATCH_KEYS,
+    PasskeyBatcher,
+    TextStream,
+    check_boundary_digits,
+    concat_batches,
+    haystack_text,
+    text_files,
+)
 from infini_jax.train_eval import run_eval
 from infini_jax.train_optim import OptimSettings, make_optimizer
 from infini_jax.train_schedule import Curriculum, Stage, stages_from_config
@@ -271,11 +279,8 @@ class Trainer:
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
         self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
-        self.answer_boundary_digits = tuple(int(j) for j in (_cfg_get(d, "answer_boundary_digits", ()) or ()))
-        n_digits = int(_cfg_get(d, "num_digits", 5))
-        if any(not 0 <= j < n_digits for j in self.answer_boundary_digits):
-            raise ValueError(f"data.answer_boundary_digits {self.answer_boundary_digits} must lie in [0, {n_digits}) "
-                             "(0-based indices of the key's digits).")
+        self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()),
+                                                            int(_cfg_get(d, "num_digits", 5)))
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
 
     def _make_mesh(self):
@@ -554,7 +559,7 @@ def evaluate_only(config) -> dict[str, Any]:
     model = load_model(source, dtype=model_fields.get("dtype") or "bfloat16", param_dtype="float32", **overrides)
     tokenizer = load_tokenizer_for(config)
     check_vocab(tokenizer, model.cfg.vocab_size)
-    card_path = source / "model_card.json"
+    card_path = source / MODEL_CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     model_id = {"source": str(source), "numerics": model.cfg.to_dict(),
                 "card": {k: card.get(k) for k in ("steps", "tokens_seen", "train_seconds")}}

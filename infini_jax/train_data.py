@@ -263,14 +263,13 @@ class PasskeyBatcher:
         """
         full = int(seq_len)
         seg, d = self.segment_length, self.num_digits
+        check_boundary_digits(answer_boundary_digits, d)
         limit = min(seg + 1, full - self.fixed_tokens())  # t < limit
         shift = 0
         if random_answer_position or answer_boundary_share > 0 or key_terminator:
             shift = int(rng.integers(1 if key_terminator else 0, max(2, limit)))
             if rng.random() < answer_boundary_share:
                 j = int(rng.choice(answer_boundary_digits)) if answer_boundary_digits else int(rng.integers(0, d))
-                if not 0 <= j < d:
-                    raise ValueError(f"answer_boundary_digits must lie in [0, {d}), got {answer_boundary_digits}.")
                 boundary_shift = (full - d + j) % seg  # (answer start + j) % L == 0
                 if key_terminator and boundary_shift == 0:
                     boundary_shift = seg
@@ -348,6 +347,15 @@ class PasskeyBatcher:
         out = self.assemble(digits, np.full(b, source), np.zeros(b, np.int64), np.full(b, pos), context_length,
                             with_answer=False)
         return out["input_ids"], out["needle_start"]
+
+
+def check_boundary_digits(digits, num_digits: int) -> tuple[int, ...]:
+    """``answer_boundary_digits`` as a tuple of ints, each a 0-based index of the key's digits."""
+    digits = tuple(int(j) for j in (digits or ()))
+    if any(not 0 <= j < num_digits for j in digits):
+        raise ValueError(f"data.answer_boundary_digits {digits} must lie in [0, {num_digits}) (0-based indices "
+                         "of the key's digits).")
+    return digits
 
 
 # ----------------------------------------------------------------------------- plain text
