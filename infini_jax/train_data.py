@@ -14,9 +14,11 @@ vectorised numpy indexing (no tokenizer call in the training loop). Keys are wri
 token per digit, which is exact for byte-level and digit-splitting tokenizers). The needle goes after the
 last sentence-ending token before its sampled position, as in the evaluation prompts.
 
-Besides ``input_ids`` a batch carries the per-token memory ``write_weight`` ("virtual length": every
-non-needle token's write counts r times, r ~ logUniform[1, r_max], r = 1 with probability
-``prob_r_one``; needle tokens keep weight 1) and loss masks aligned with the logits (position t predicts
+Besides ``input_ids`` a batch carries the per-token memory ``write_weight`` ("virtual length": the
+write of every haystack token counts r times, r ~ logUniform[1, r_max], r = 1 with probability
+``prob_r_one``, as in a prompt with an r times longer haystack; the intro, needle, question and answer
+keep weight 1. ``virtual_length_scope="non_needle"`` is the recipe's variant, where every token but the
+needle's counts r times) and loss masks aligned with the logits (position t predicts
 token t + 1): ``lm_mask``, ``answer_mask`` (the D answer digits) and ``copy_mask`` (the needle's second
 copy of the key). ``far`` marks rows whose whole needle lies before the final segment (only the memory
 can answer them).
@@ -42,6 +44,7 @@ from infini_jax.data.prompts import (
     tokenize_haystack,
 )
 
+VIRTUAL_LENGTH_SCOPES = ("haystack", "non_needle")
 BATCH_KEYS = ("input_ids", "write_weight", "lm_mask", "answer_mask", "copy_mask", "far", "is_passkey")
 
 # ----------------------------------------------------------------------------- varied haystack text
@@ -244,7 +247,7 @@ class PasskeyBatcher:
         return ((int(seq_len) - 1) // self.segment_length) * self.segment_length
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
-               virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
+               virtual_length_max: float = 1.0, prob_r_one: float = 0.1, virtual_length_scope: str = "non_needle",
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
                answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
@@ -260,6 +263,10 @@ class PasskeyBatcher:
         ends a segment, so the first generated digit opens the next one.
         ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
         writing digits after the key (strict scoring); it needs ``t >= 1``.
+        ``virtual_length_scope``: which tokens' memory writes count r times when ``virtual_length_max > 1``:
+        ``"haystack"`` (the filler only: a prompt whose haystack is r times longer) or ``"non_needle"``
+        (every token but the needle's, as in ``retrieval_recipe.md``; it also multiplies the intro, the
+        question and the answer digits, which a long prompt holds once).
         """
         full = int(seq_len)
         seg, d = self.segment_length, self.num_digits
@@ -277,7 +284,8 @@ class PasskeyBatcher:
                     shift = boundary_shift
         shift = min(shift, max(0, limit - 1))
         out = self._sample(rng, batch_size, full - shift, force_early=force_early,
-                           virtual_length_max=virtual_length_max, prob_r_one=prob_r_one)
+                           virtual_length_max=virtual_length_max, prob_r_one=prob_r_one,
+                           virtual_length_scope=virtual_length_scope)
         if shift:
             b = int(batch_size)
             tail = np.concatenate([self.period, self.question]) if key_terminator else self.question
@@ -297,7 +305,10 @@ class PasskeyBatcher:
         return out
 
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
-                virtual_length_max: float = 1.0, prob_r_one: float = 0.1) -> dict[str, np.ndarray]:
+                virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
+                virtual_length_scope: str = "non_needle") -> dict[str, np.ndarray]:
+        if virtual_length_scope not in VIRTUAL_LENGTH_SCOPES:
+            raise ValueError(f"virtual_length_scope={virtual_length_scope!r}: use one of {VIRTUAL_LENGTH_SCOPES}.")
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
         digits = self.draw_keys(rng, b)
@@ -320,7 +331,10 @@ class PasskeyBatcher:
         if virtual_length_max > 1:
             r = np.exp(rng.random(b) * np.log(virtual_length_max))
             r = np.where(rng.random(b) < prob_r_one, 1.0, r).astype(np.float32)
-            weight = np.where(needle_mask, np.float32(1), r[:, None]).astype(np.float32)
+            scaled = ~needle_mask
+            if virtual_length_scope == "haystack":  # not the intro before it, nor the question and answer after
+                scaled &= (t >= len(self.prefix)) & (t < s - len(self.question) - self.num_digits)
+            weight = np.where(scaled, r[:, None], np.float32(1)).astype(np.float32)
         d = self.num_digits
         lm_mask = np.ones((b, s), np.float32)
         lm_mask[:, -1] = 0

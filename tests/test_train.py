@@ -103,6 +103,32 @@ def test_virtual_length_weights(batcher):
     assert abs(np.quantile(u, 0.75) - 0.75) < 0.04
 
 
+def test_virtual_length_scope_haystack_weights_only_the_filler(batcher):
+    rng = np.random.default_rng(2)
+    n, r_max = 64, 256.0
+    for boundary in (0.0, 1.0):  # with and without a tail after the answer
+        batch = batcher.sample(rng, n, SEQ, virtual_length_max=r_max, prob_r_one=0.0, virtual_length_scope="haystack",
+                               answer_boundary_share=boundary, key_terminator=True)
+        w, ids = batch["write_weight"], batch["input_ids"]
+        t = np.arange(SEQ)[None]
+        start = batch["needle_start"][:, None]
+        needle = (t >= start) & (t < start + batcher.needle_len)
+        # The question + answer: where the answer mask says the digits are (position t predicts t + 1).
+        digit_pos = np.argmax(batch["answer_mask"], axis=1)[:, None] + 1
+        question_start = digit_pos - len(batcher.question)
+        p = len(batcher.prefix)
+        np.testing.assert_array_equal(ids[:, :p], np.broadcast_to(batcher.prefix, (n, p)))
+        haystack = (t >= p) & (t < question_start) & ~needle
+        assert (w[~haystack] == 1).all()  # intro, needle, question, answer (and any tail) written once
+        r_row = w.max(axis=1)
+        assert (r_row > 1).all()
+        np.testing.assert_array_equal(w[haystack], np.broadcast_to(r_row[:, None], w.shape)[haystack])
+        q = np.take_along_axis(ids, question_start + np.arange(len(batcher.question))[None], axis=1)
+        np.testing.assert_array_equal(q, np.broadcast_to(batcher.question, q.shape))
+    with pytest.raises(ValueError, match="virtual_length_scope"):
+        batcher.sample(rng, 2, SEQ, virtual_length_max=4.0, virtual_length_scope="all")
+
+
 def test_text_stream(tok, tmp_path):
     (tmp_path / "a.txt").write_text("hello world. " * 20)
     (tmp_path / "b.txt").write_text("second file! " * 20)
