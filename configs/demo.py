@@ -6,7 +6,7 @@ in the repository, and writes real outputs to results/demo/ (results.jsonl, summ
 The model (infini_jax/assets/demo_model: 3.6M parameters, hidden 256, 4 layers, 4 heads, segments of 256
 tokens, bf16 weights) was trained on an H200 with ``configs/train_demo.py`` in nanotron's rotated memory-query
 mode (model_card.json, training_config.json and evaluation_h200.json beside it; results in docs/training.md:
-100% / 99.0% / 99.4% exact match at 32K / 128K / 1M tokens). The tokenizer is the byte-level demo tokenizer
+100% exact match at 32K, 128K and 1M tokens, 308 prompts each). The tokenizer is the byte-level demo tokenizer
 (one token per byte). Prompts are generated at 1024, 4096 and 8192 tokens (4, 16 and 32 segments) with 5-digit
 pass keys: exact multiples of the segment length, so the answer opens a fresh segment and must come from the
 compressive memory alone.

@@ -278,7 +278,7 @@ class Trainer:
         self.text_fraction = 1.0 if self.source == "text" else (
             float(_cfg_get(d, "text_fraction", 0.5)) if self.source == "mix" else 0.0)
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
-        self.virtual_length_scope = str(_cfg_get(d, "virtual_length_scope", "non_needle"))
+        self.virtual_length_scope = str(_cfg_get(d, "virtual_length_scope", "haystack"))
         if self.virtual_length_scope not in VIRTUAL_LENGTH_SCOPES:
             raise ValueError(f"data.virtual_length_scope={self.virtual_length_scope!r}: use one of "
                              f"{VIRTUAL_LENGTH_SCOPES}.")

@@ -247,7 +247,7 @@ class PasskeyBatcher:
         return ((int(seq_len) - 1) // self.segment_length) * self.segment_length
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
-               virtual_length_max: float = 1.0, prob_r_one: float = 0.1, virtual_length_scope: str = "non_needle",
+               virtual_length_max: float = 1.0, prob_r_one: float = 0.1, virtual_length_scope: str = "haystack",
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
                answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
@@ -306,7 +306,7 @@ class PasskeyBatcher:
 
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                 virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
-                virtual_length_scope: str = "non_needle") -> dict[str, np.ndarray]:
+                virtual_length_scope: str = "haystack") -> dict[str, np.ndarray]:
         if virtual_length_scope not in VIRTUAL_LENGTH_SCOPES:
             raise ValueError(f"virtual_length_scope={virtual_length_scope!r}: use one of {VIRTUAL_LENGTH_SCOPES}.")
         b, s = int(batch_size), int(seq_len)

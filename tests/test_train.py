@@ -86,7 +86,7 @@ def test_synthetic_batch_layout(tok, batcher):
 def test_virtual_length_weights(batcher):
     rng = np.random.default_rng(1)
     n, r_max = 4000, 256.0
-    batch = batcher.sample(rng, n, SEQ, virtual_length_max=r_max, prob_r_one=0.1)
+    batch = batcher.sample(rng, n, SEQ, virtual_length_max=r_max, prob_r_one=0.1, virtual_length_scope="non_needle")
     w = batch["write_weight"]
     t = np.arange(SEQ)[None]
     start = batch["needle_start"][:, None]
