@@ -105,7 +105,7 @@ def tokenize_samples(tokenizer, samples: list[PromptSample]) -> None:
     enc = tokenizer(prompts, return_offsets_mapping=fast)
     needles = _needle_token_indices(tokenizer, prompts, [s.answer for s in todo], enc if fast else {})
     for s, ids, needle in zip(todo, enc["input_ids"], needles, strict=True):
-        s.input_ids = list(ids)
+        s.input_ids = np.asarray(ids, np.int32)
         if s.needle_token_index is None:
             s.needle_token_index = needle
 

@@ -117,7 +117,8 @@ def test_load_haystack(tmp_path):
 
 
 def _check_sample(tok, s, context_length):
-    ids = s.input_ids
+    assert isinstance(s.input_ids, np.ndarray) and s.input_ids.dtype == np.int32  # 4 bytes a token, not a list
+    ids = s.input_ids.tolist()
     assert len(ids) == context_length
     needle_ids = tok(s.extra["needle_text"], add_special_tokens=False)["input_ids"]
     idx = s.needle_token_index
@@ -264,7 +265,7 @@ def test_generate_samples_seeded(byte_tok):
     b = generate_passkey_samples(byte_tok, seed=7, **kw)
     c = generate_passkey_samples(byte_tok, seed=8, **kw)
     assert [s.answer for s in a] == [s.answer for s in b]
-    assert [s.input_ids for s in a] == [s.input_ids for s in b]
+    assert [s.input_ids.tolist() for s in a] == [s.input_ids.tolist() for s in b]
     assert [s.answer for s in a] != [s.answer for s in c]
     assert len({s.answer for s in a}) == len(a) and all(len(s.answer) == 6 for s in a)
     assert [s.id for s in a[:4]] == ["gen-1024-0-0", "gen-1024-0-1", "gen-1024-0-2", "gen-1024-50-0"]

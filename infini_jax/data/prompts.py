@@ -78,7 +78,8 @@ class PromptSample:
 
     Attributes:
       id: unique id of the sample (``gen-{context_length}-{depth}-{i}`` for generated ones).
-      input_ids: the prompt's token ids (generated prompts), or None when only ``prompt`` is known.
+      input_ids: the prompt's token ids, int32 [S] (4 bytes a token: a 16M-token prompt takes 64 MB, a Python
+        list of ints up to 9 times more), or None when only ``prompt`` is known (dataset text, tokenised later).
       prompt: the prompt text (dataset prompts, tokenised later by the evaluator), or None.
       answer: the pass key as a string.
       context_length: the nominal context length in tokens (the dataset's column when read).
@@ -90,7 +91,7 @@ class PromptSample:
     """
 
     id: str
-    input_ids: list[int] | None
+    input_ids: np.ndarray | None
     prompt: str | None
     answer: str
     context_length: int
@@ -218,7 +219,7 @@ def _build(
     assert len(ids) == context_length, (len(ids), context_length)
     return PromptSample(
         id=sample_id,
-        input_ids=ids.tolist(),
+        input_ids=ids.astype(np.int32),
         prompt=None,
         answer=passkey,
         context_length=int(context_length),
