@@ -128,7 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
     # the demo models failed at 32K / 128K / 1M (docs/training.md).
     d.answer_boundary_share = 0.0
     # Which answer digit (0-based) opens the new segment in those batches; () = any. (0,) is the evaluation of
-    # a prompt of exactly k * segment_length tokens (the first generated digit opens a segment).
+    # a prompt of exactly k * segment_length tokens (the first generated digit opens a segment). Drawn uniformly
+    # from the tuple, so a repeated index weighs more: (0, 0, 1, 2, 3, 4) opens with the first digit 1/3 of the time.
     d.answer_boundary_digits = ()
     d.key_terminator = False  # train the "." after the key (so generations stop writing digits: strict scoring)
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated

@@ -401,6 +401,10 @@ def test_answer_boundary_digits_pins_the_digit_that_opens_a_segment():
                                  key_terminator=True)
             first_digit = np.flatnonzero(out["answer_mask"][0])[0] + 1
             assert (first_digit + j) % 64 == 0, (j, first_digit)
+    # A repeated index weighs more: (0, 0, 1) opens the segment with the first digit 2/3 of the time.
+    opened = [(np.flatnonzero(batcher.sample(rng, 1, 512, answer_boundary_share=1.0, answer_boundary_digits=(0, 0, 1),
+                                             key_terminator=True)["answer_mask"][0])[0] + 1) % 64 for _ in range(300)]
+    assert set(opened) == {0, 63} and abs(np.mean(np.asarray(opened) == 0) - 2 / 3) < 0.08
     with pytest.raises(ValueError, match="answer_boundary_digits"):
         batcher.sample(rng, 2, 512, answer_boundary_share=1.0, answer_boundary_digits=(5,))
 
