@@ -106,9 +106,12 @@ def test_virtual_length_weights(batcher):
 def test_virtual_length_scope_haystack_weights_only_the_filler(batcher):
     rng = np.random.default_rng(2)
     n, r_max = 64, 256.0
-    for boundary in (0.0, 1.0):  # with and without a tail after the answer
+    # The answer at the row's end, then (boundary batches with the "." target) a tail of filler after it.
+    for tail in ({}, {"answer_boundary_share": 1.0, "key_terminator": True}):
         batch = batcher.sample(rng, n, SEQ, virtual_length_max=r_max, prob_r_one=0.0, virtual_length_scope="haystack",
-                               answer_boundary_share=boundary, key_terminator=True)
+                               **tail)
+        key_at_end = (batch["input_ids"][:, -batcher.num_digits:] == batcher.digit_ids[batch["digits"]]).all(axis=1)
+        assert key_at_end.all() if not tail else not key_at_end.any()
         w, ids = batch["write_weight"], batch["input_ids"]
         t = np.arange(SEQ)[None]
         start = batch["needle_start"][:, None]
