@@ -1,4 +1,5 @@
-"""scripts/memory_read_share.py: the needle's share of the memory normaliser per head."""
+"""scripts/: memory_read_share.py (the needle's share of the memory normaliser per head) and
+aligned_answer_check.py (teacher-forced answers that open a fresh segment)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,27 @@ def test_needle_share_is_a_fraction_of_the_normaliser():
         assert all(0 < s < 1 for s in layer_p["needle_share"])
     with pytest.raises(ValueError, match="before the last segment"):
         read_shares(model, ids, needle_start=20, needle_len=5)
+
+
+def test_aligned_answer_check_matches_greedy_generation():
+    from aligned_answer_check import teacher_forced_answers
+
+    from infini_jax import GenerationConfig, Generator, load_model
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher, haystack_text
+
+    demo = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
+    model = load_model(demo, dtype="float32")
+    tok = load_tokenizer(str(DEMO_TOKENIZER_PATH))
+    batcher = PasskeyBatcher(tok, segment_length=256, num_digits=5, haystacks={"classic": haystack_text("classic")})
+    keys, length = ["48213", "90517", "11223"], 1024
+    forward = lambda ids, w: model(ids, write_weight=w)  # noqa: E731
+    teacher = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0)
+    ids, _ = batcher.eval_prompts(keys, length, 50.0, 0)
+    greedy = Generator(model, GenerationConfig(max_new_tokens=5, batch_size=3)).generate(list(ids))
+    greedy = [tok.decode(g) for g in greedy]
+    for k, t, g in zip(keys, teacher, greedy, strict=True):  # exact under teacher forcing <=> greedy writes the key
+        assert (t == k) == (g == k), (k, t, g)
+    heavier = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=16.0)
+    assert len(heavier) == 3 and all(len(h) == 5 for h in heavier)

@@ -1,0 +1,82 @@
+"""Teacher-forced answers of prompts whose answer opens a fresh segment, with optional question write weights.
+
+A prompt of exactly k x segment_length tokens makes the generated answer open a new segment; a model must then
+continue the key from its compressive memory alone. This script appends each key to such prompts (the training
+evaluation's layout, classic and held-out varied haystacks) and runs one forward pass per batch: the answer is
+exact under teacher forcing exactly when greedy decoding writes it (every earlier digit is then right too). With
+``--question_weights 1,4,16`` the question's memory writes are also counted 4x / 16x (``write_weight``), which
+tests whether a model's errors depend on how strongly the question sits in the memory::
+
+    python scripts/aligned_answer_check.py --model infini_jax/assets/demo_model --lengths 2048,8192
+
+Prints per (length, weight) the exact-match rate and the wrong answers (key, teacher-forced prediction). CPU, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infini_jax import load_model
+from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+from infini_jax.data.tokenizer import load_tokenizer
+from infini_jax.train_data import PasskeyBatcher, haystack_text
+
+
+def teacher_forced_answers(forward, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
+                           source: int, question_weight: float = 1.0) -> list[str]:
+    """The argmax predictions of each key's digits for prompts of ``length`` tokens followed by the key.
+
+    forward: ``(ids [B, S], write_weight [B, S]) -> logits [B, S, V]`` (e.g. a jitted model call).
+    Returns one string of D predicted digits per key ("?" for a non-digit token)."""
+    ids, _ = batcher.eval_prompts(keys, length, depth, source)
+    d = batcher.num_digits
+    answer = batcher.digit_ids[np.asarray([[int(c) for c in k] for k in keys])]
+    full = np.concatenate([ids, answer], axis=1)  # [B, S + D]
+    weight = np.ones(full.shape, np.float32)
+    weight[:, length - len(batcher.question):length] = question_weight
+    logits = forward(jnp.asarray(full), jnp.asarray(weight))
+    pred = np.asarray(jnp.argmax(logits[:, length - 1:length + d - 1], axis=-1))  # [B, D]: digit i from position
+    inverse = {int(t): str(i) for i, t in enumerate(batcher.digit_ids)}
+    return ["".join(inverse.get(int(t), "?") for t in row) for row in pred]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="infini_jax/assets/demo_model")
+    p.add_argument("--tokenizer", default=str(DEMO_TOKENIZER_PATH))
+    p.add_argument("--lengths", default="2048,8192", help="prompt lengths in tokens (multiples of the segment)")
+    p.add_argument("--depths", default="10,30,50,70,90")
+    p.add_argument("--keys_per_cell", type=int, default=2, help="keys per (depth, haystack)")
+    p.add_argument("--question_weights", default="1")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    model = load_model(args.model, dtype="float32")
+    seg = model.cfg.segment_length
+    tok = load_tokenizer(args.tokenizer)
+    batcher = PasskeyBatcher(tok, segment_length=seg, num_digits=5,
+                             haystacks={"classic": haystack_text("classic"),
+                                        "varied": haystack_text("generated", seed=12345)})
+    forward = jax.jit(lambda ids, w: model(ids, write_weight=w))  # compiled once per (batch, length)
+
+    for length in [int(x) for x in args.lengths.split(",")]:
+        if length % seg:
+            raise ValueError(f"--lengths: {length} is not a multiple of the segment length {seg}.")
+        for qw in [float(x) for x in args.question_weights.split(",")]:
+            rng = np.random.default_rng(args.seed)
+            pairs = []
+            for source in range(len(batcher.sources)):
+                for depth in [float(x) for x in args.depths.split(",")]:
+                    keys = ["".join(map(str, k)) for k in batcher.draw_keys(rng, args.keys_per_cell)]
+                    pairs += zip(keys, teacher_forced_answers(forward, batcher, keys, length, depth, source, qw),
+                                 strict=True)
+            wrong = [(k, g) for k, g in pairs if k != g]
+            print(f"{length:>9} tokens, question weight {qw:g}: exact {1 - len(wrong) / len(pairs):.3f} "
+                  f"({len(pairs)} prompts); wrong: {wrong[:8]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
