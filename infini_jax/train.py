@@ -45,10 +45,10 @@ from infini_jax.config import config_value as _cfg_get
 from infini_jax.model import InfiniLlama
 from infini_jax.train_data import (
     BATCH_KEYS,
-    VIRTUAL_LENGTH_SCOPES,
     PasskeyBatcher,
     TextStream,
     check_boundary_digits,
+    check_virtual_length_scope,
     concat_batches,
     haystack_text,
     text_files,
@@ -278,10 +278,7 @@ class Trainer:
         self.text_fraction = 1.0 if self.source == "text" else (
             float(_cfg_get(d, "text_fraction", 0.5)) if self.source == "mix" else 0.0)
         self.prob_r_one = float(_cfg_get(d, "virtual_length_prob_one", 0.1))
-        self.virtual_length_scope = str(_cfg_get(d, "virtual_length_scope", "haystack"))
-        if self.virtual_length_scope not in VIRTUAL_LENGTH_SCOPES:
-            raise ValueError(f"data.virtual_length_scope={self.virtual_length_scope!r}: use one of "
-                             f"{VIRTUAL_LENGTH_SCOPES}.")
+        self.virtual_length_scope = check_virtual_length_scope(str(_cfg_get(d, "virtual_length_scope", "haystack")))
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
         self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
         self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()),

@@ -307,8 +307,7 @@ class PasskeyBatcher:
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                 virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
                 virtual_length_scope: str = "haystack") -> dict[str, np.ndarray]:
-        if virtual_length_scope not in VIRTUAL_LENGTH_SCOPES:
-            raise ValueError(f"virtual_length_scope={virtual_length_scope!r}: use one of {VIRTUAL_LENGTH_SCOPES}.")
+        check_virtual_length_scope(virtual_length_scope)
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
         digits = self.draw_keys(rng, b)
@@ -370,6 +369,13 @@ def check_boundary_digits(digits, num_digits: int) -> tuple[int, ...]:
         raise ValueError(f"data.answer_boundary_digits {digits} must lie in [0, {num_digits}) (0-based indices "
                          "of the key's digits).")
     return digits
+
+
+def check_virtual_length_scope(scope: str) -> str:
+    """``data.virtual_length_scope``: one of ``VIRTUAL_LENGTH_SCOPES``."""
+    if scope not in VIRTUAL_LENGTH_SCOPES:
+        raise ValueError(f"data.virtual_length_scope={scope!r}: use one of {VIRTUAL_LENGTH_SCOPES}.")
+    return scope
 
 
 # ----------------------------------------------------------------------------- plain text
