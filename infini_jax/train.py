@@ -48,6 +48,7 @@ from infini_jax.train_data import (
     PasskeyBatcher,
     TextStream,
     check_boundary_digits,
+    check_repeated_digit_share,
     check_virtual_length_scope,
     concat_batches,
     haystack_text,
@@ -284,6 +285,8 @@ class Trainer:
         self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()),
                                                             int(_cfg_get(d, "num_digits", 5)))
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
+        self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0),
+                                                               int(_cfg_get(d, "num_digits", 5)))
 
     def _make_mesh(self):
         n = jax.device_count()
@@ -337,7 +340,8 @@ class Trainer:
                                              random_answer_position=self.random_answer_position,
                                              answer_boundary_share=self.answer_boundary_share,
                                              answer_boundary_digits=self.answer_boundary_digits,
-                                             key_terminator=self.key_terminator))
+                                             key_terminator=self.key_terminator,
+                                             repeated_digit_share=self.repeated_digit_share))
         return concat_batches(parts)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -203,11 +203,23 @@ class PasskeyBatcher:
         return self._tiled[n_hay]
 
     # ------------------------------------------------------------------ assembly
-    def draw_keys(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """[n, D] digits, uniform over [10**(D-1), 10**D - 1]."""
+    def draw_keys(self, rng: np.random.Generator, n: int, repeated_digit_share: float = 0.0) -> np.ndarray:
+        """[n, D] digits, uniform over [10**(D-1), 10**D - 1].
+
+        ``repeated_digit_share``: the fraction of keys in which one digit (uniform over positions 1..D-1)
+        is replaced by its predecessor, so that the key holds a pair of equal adjacent digits (55996). Uniform
+        keys already hold one 1 - 0.9**(D-1) of the time (34% for 5 digits). 0 draws nothing extra from
+        ``rng`` (the keys and the rest of the data stream are those of a run without the option).
+        """
         first = rng.integers(1, 10, size=(n, 1))
         rest = rng.integers(0, 10, size=(n, self.num_digits - 1))
-        return np.concatenate([first, rest], axis=1).astype(np.int32)
+        digits = np.concatenate([first, rest], axis=1).astype(np.int32)
+        check_repeated_digit_share(repeated_digit_share, self.num_digits)
+        if repeated_digit_share > 0:
+            rows = np.flatnonzero(rng.random(n) < repeated_digit_share)
+            at = rng.integers(1, self.num_digits, size=len(rows))  # digit `at` copies digit `at - 1`
+            digits[rows, at] = digits[rows, at - 1]
+        return digits
 
     def assemble(self, digits: np.ndarray, source: np.ndarray, offset: np.ndarray, pos_raw: np.ndarray,
                  seq_len: int, *, with_answer: bool = True) -> dict[str, np.ndarray]:
@@ -249,7 +261,8 @@ class PasskeyBatcher:
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                virtual_length_max: float = 1.0, prob_r_one: float = 0.1, virtual_length_scope: str = "haystack",
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
-               answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False) -> dict[str, np.ndarray]:
+               answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False,
+               repeated_digit_share: float = 0.0) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
 
         ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
@@ -263,6 +276,7 @@ class PasskeyBatcher:
         ends a segment, so the first generated digit opens the next one.
         ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
         writing digits after the key (strict scoring); it needs ``t >= 1``.
+        ``repeated_digit_share``: oversample keys with a pair of equal adjacent digits (``draw_keys``).
         ``virtual_length_scope``: which tokens' memory writes count r times when ``virtual_length_max > 1``:
         ``"haystack"`` (the filler only: a prompt whose haystack is r times longer) or ``"non_needle"``
         (every token but the needle's, as in ``retrieval_recipe.md``; it also multiplies the intro, the
@@ -285,7 +299,7 @@ class PasskeyBatcher:
         shift = min(shift, max(0, limit - 1))
         out = self._sample(rng, batch_size, full - shift, force_early=force_early,
                            virtual_length_max=virtual_length_max, prob_r_one=prob_r_one,
-                           virtual_length_scope=virtual_length_scope)
+                           virtual_length_scope=virtual_length_scope, repeated_digit_share=repeated_digit_share)
         if shift:
             b = int(batch_size)
             tail = np.concatenate([self.period, self.question]) if key_terminator else self.question
@@ -306,11 +320,11 @@ class PasskeyBatcher:
 
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                 virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
-                virtual_length_scope: str = "haystack") -> dict[str, np.ndarray]:
+                virtual_length_scope: str = "haystack", repeated_digit_share: float = 0.0) -> dict[str, np.ndarray]:
         check_virtual_length_scope(virtual_length_scope)
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
-        digits = self.draw_keys(rng, b)
+        digits = self.draw_keys(rng, b, repeated_digit_share)
         source = rng.choice(len(self.sources), size=b, p=self.weights)
         lengths = np.asarray([src.length for src in self.sources])[source]
         raw_offset = (rng.random(b) * lengths).astype(np.int64)
@@ -369,6 +383,17 @@ def check_boundary_digits(digits, num_digits: int) -> tuple[int, ...]:
         raise ValueError(f"data.answer_boundary_digits {digits} must lie in [0, {num_digits}) (0-based indices "
                          "of the key's digits).")
     return digits
+
+
+def check_repeated_digit_share(share: float, num_digits: int) -> float:
+    """``data.repeated_digit_share`` must be a probability, and a key needs two digits to repeat one."""
+    share = float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"data.repeated_digit_share={share} must lie in [0, 1] (the fraction of pass keys given a "
+                         "pair of equal adjacent digits; 0 = uniform keys).")
+    if share > 0 and num_digits < 2:
+        raise ValueError(f"data.repeated_digit_share={share} needs keys of >= 2 digits (num_digits={num_digits}).")
+    return share
 
 
 def check_virtual_length_scope(scope: str) -> str:

@@ -132,6 +132,49 @@ def test_virtual_length_scope_haystack_weights_only_the_filler(batcher):
         batcher.sample(rng, 2, SEQ, virtual_length_max=4.0, virtual_length_scope="all")
 
 
+def _has_adjacent_repeat(digits: np.ndarray) -> np.ndarray:
+    return (digits[:, 1:] == digits[:, :-1]).any(axis=1)
+
+
+def test_repeated_digit_share_oversamples_keys_with_equal_adjacent_digits(batcher):
+    n = 4000
+    uniform = batcher.draw_keys(np.random.default_rng(5), n)
+    assert abs(_has_adjacent_repeat(uniform).mean() - (1 - 0.9 ** 4)) < 0.03  # 34.4% for 5 digits
+    # Off (0): the same keys and the same rng stream afterwards as without the option.
+    rng_a, rng_b = np.random.default_rng(6), np.random.default_rng(6)
+    np.testing.assert_array_equal(batcher.draw_keys(rng_a, 8), batcher.draw_keys(rng_b, 8, 0.0))
+    assert rng_a.random() == rng_b.random()
+    half = batcher.draw_keys(np.random.default_rng(7), n, 0.5)
+    assert abs(_has_adjacent_repeat(half).mean() - (0.5 + 0.5 * (1 - 0.9 ** 4))) < 0.03
+    every = batcher.draw_keys(np.random.default_rng(8), n, 1.0)
+    assert _has_adjacent_repeat(every).all() and (every[:, 0] > 0).all()
+    # The repeated pair sits anywhere: each of the 4 adjacent pairs is equal in about 1/4 + 3/4 * 1/10 of the keys.
+    pair_rate = (every[:, 1:] == every[:, :-1]).mean(axis=0)
+    np.testing.assert_allclose(pair_rate, 0.25 + 0.75 * 0.1, atol=0.03)
+    # In a batch the answer (and the needle) carries the drawn key.
+    batch = batcher.sample(np.random.default_rng(9), 16, SEQ, repeated_digit_share=1.0, key_terminator=True)
+    assert _has_adjacent_repeat(batch["digits"]).all()
+    pos = np.flatnonzero(batch["answer_mask"][0])[:5] + 1
+    np.testing.assert_array_equal(batch["input_ids"][0, pos], batcher.digit_ids[batch["digits"][0]])
+    with pytest.raises(ValueError, match="repeated_digit_share"):
+        batcher.draw_keys(np.random.default_rng(0), 2, 1.5)
+
+
+def test_trainer_passes_repeated_digit_share_to_the_batches(tmp_path):
+    config = _config(tmp_path)
+    config.data.repeated_digit_share = 1.0
+    trainer = Trainer(config)
+    batch = trainer.make_batch(trainer.stages[0])
+    ids, mask = batch["input_ids"], batch["answer_mask"]
+    answers = [ids[i, np.flatnonzero(mask[i])[:5] + 1] for i in range(len(ids))]
+    digit_of = {int(t): d for d, t in enumerate(trainer.batcher.digit_ids)}
+    keys = np.asarray([[digit_of[int(t)] for t in a] for a in answers])  # every answer token is a digit
+    assert keys.shape == (4, 5) and _has_adjacent_repeat(keys).all()
+    config.data.repeated_digit_share = -0.1
+    with pytest.raises(ValueError, match="repeated_digit_share"):
+        Trainer(config)
+
+
 def test_text_stream(tok, tmp_path):
     (tmp_path / "a.txt").write_text("hello world. " * 20)
     (tmp_path / "b.txt").write_text("second file! " * 20)
