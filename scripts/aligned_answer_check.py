@@ -5,7 +5,9 @@ continue the key from its compressive memory alone. This script appends each key
 evaluation's layout, classic and held-out varied haystacks) and runs one forward pass per batch: the answer is
 exact under teacher forcing exactly when greedy decoding writes it (every earlier digit is then right too). With
 ``--question_weights 1,4,16`` the question's memory writes are also counted 4x / 16x (``write_weight``), which
-tests whether a model's errors depend on how strongly the question sits in the memory::
+tests whether a model's errors depend on how strongly the question sits in the memory. With
+``--repeated_digit_share 0.5`` half of the keys get a pair of equal adjacent digits (``55996``), and the rates are
+also split between keys with and without such a pair::
 
     python scripts/aligned_answer_check.py --model infini_jax/assets/demo_model --lengths 2048,8192
 
@@ -44,6 +46,18 @@ def teacher_forced_answers(forward, batcher: PasskeyBatcher, keys: list[str], le
     return ["".join(inverse.get(int(t), "?") for t in row) for row in pred]
 
 
+def has_adjacent_repeat(key: str) -> bool:
+    """Whether ``key`` holds two equal adjacent digits (``55996``: yes; ``12608``: no)."""
+    return any(a == b for a, b in zip(key, key[1:], strict=False))
+
+
+def exact_rate(pairs: list[tuple[str, str]]) -> str:
+    """``"0.950 (20)"``: the share of (key, prediction) pairs that agree, and their number."""
+    if not pairs:
+        return "- (0)"
+    return f"{sum(k == g for k, g in pairs) / len(pairs):.3f} ({len(pairs)})"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="infini_jax/assets/demo_model")
@@ -53,6 +67,8 @@ def main(argv=None):
     p.add_argument("--keys_per_cell", type=int, default=2, help="keys per (depth, haystack)")
     p.add_argument("--question_weights", default="1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeated_digit_share", type=float, default=0.0,
+                   help="fraction of keys given a pair of equal adjacent digits (0: uniform keys)")
     args = p.parse_args(argv)
     model = load_model(args.model, dtype="float32")
     seg = model.cfg.segment_length
@@ -70,12 +86,16 @@ def main(argv=None):
             pairs = []
             for source in range(len(batcher.sources)):
                 for depth in [float(x) for x in args.depths.split(",")]:
-                    keys = ["".join(map(str, k)) for k in batcher.draw_keys(rng, args.keys_per_cell)]
+                    drawn = batcher.draw_keys(rng, args.keys_per_cell, args.repeated_digit_share)
+                    keys = ["".join(map(str, k)) for k in drawn]
                     pairs += zip(keys, teacher_forced_answers(forward, batcher, keys, length, depth, source, qw),
                                  strict=True)
             wrong = [(k, g) for k, g in pairs if k != g]
-            print(f"{length:>9} tokens, question weight {qw:g}: exact {1 - len(wrong) / len(pairs):.3f} "
-                  f"({len(pairs)} prompts); wrong: {wrong[:8]}", flush=True)
+            repeated = [pr for pr in pairs if has_adjacent_repeat(pr[0])]
+            other = [pr for pr in pairs if not has_adjacent_repeat(pr[0])]
+            print(f"{length:>9} tokens, question weight {qw:g}: exact {exact_rate(pairs)}; keys with a repeated "
+                  f"adjacent digit {exact_rate(repeated)}, without {exact_rate(other)}; wrong: {wrong[:8]}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,15 @@ def test_aligned_answer_check_matches_greedy_generation():
         assert (t == k) == (g == k), (k, t, g)
     heavier = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=16.0)
     assert len(heavier) == 3 and all(len(h) == 5 for h in heavier)
+
+
+def test_aligned_answer_check_splits_keys_with_a_repeated_digit(capsys):
+    from aligned_answer_check import exact_rate, has_adjacent_repeat, main
+
+    assert has_adjacent_repeat("55996") and has_adjacent_repeat("12339") and not has_adjacent_repeat("12608")
+    assert exact_rate([("12345", "12345"), ("11223", "11233")]) == "0.500 (2)" and exact_rate([]) == "- (0)"
+    main(["--lengths", "512", "--depths", "50", "--keys_per_cell", "2", "--repeated_digit_share", "1"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    # 2 keys x 2 haystacks, every one with a repeated pair (share 1): none in the "without" group.
+    assert "512 tokens" in line and "exact " in line and "without - (0)" in line, line
+    assert "adjacent digit " in line and "(4);" in line.split("without")[0], line
