@@ -136,6 +136,12 @@ def get_config() -> ml_collections.ConfigDict:
     # 55996); uniform keys hold one 34% of the time. Most errors of the 16M-token evaluations of the r <= 2048
     # run (and of H1 at 32K-1M) fell on such keys (docs/training.md). 0 = uniform keys (the shipped model).
     d.repeated_digit_share = 0.0
+    # Fraction of passkey rows whose needle (still at a sentence end) has a segment boundary within
+    # needle_boundary_window tokens of one of the key's two copies (before, inside or after it). Every failing
+    # cell of T0 / T1 / X2 / H2 at 32K-1M, and every miss of the shipped model at 16K on CPU, had a needle so
+    # placed (scripts/needle_position_sweep.py, docs/training.md). 0 = uniform places (the shipped model).
+    d.needle_boundary_share = 0.0
+    d.needle_boundary_window = 8  # tokens
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated
     d.text_fraction = 0.5  # "mix": fraction of each batch's rows from text
     c.data = d

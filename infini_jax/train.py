@@ -48,7 +48,9 @@ from infini_jax.train_data import (
     PasskeyBatcher,
     TextStream,
     check_boundary_digits,
+    check_boundary_window,
     check_repeated_digit_share,
+    check_share,
     check_virtual_length_scope,
     concat_batches,
     haystack_text,
@@ -287,6 +289,9 @@ class Trainer:
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
         self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0),
                                                                int(_cfg_get(d, "num_digits", 5)))
+        self.needle_boundary_share = check_share("needle_boundary_share", _cfg_get(d, "needle_boundary_share", 0.0))
+        self.needle_boundary_window = check_boundary_window(_cfg_get(d, "needle_boundary_window", 8),
+                                                            self.model_cfg.segment_length)
 
     def _make_mesh(self):
         n = jax.device_count()
@@ -341,7 +346,9 @@ class Trainer:
                                              answer_boundary_share=self.answer_boundary_share,
                                              answer_boundary_digits=self.answer_boundary_digits,
                                              key_terminator=self.key_terminator,
-                                             repeated_digit_share=self.repeated_digit_share))
+                                             repeated_digit_share=self.repeated_digit_share,
+                                             needle_boundary_share=self.needle_boundary_share,
+                                             needle_boundary_window=self.needle_boundary_window))
         return concat_batches(parts)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

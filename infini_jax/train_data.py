@@ -234,12 +234,9 @@ class PasskeyBatcher:
         a, m, c = self.needle_parts
         needle = np.concatenate([np.broadcast_to(a, (b, len(a))), key_ids, np.broadcast_to(m, (b, len(m))),
                                  key_ids, np.broadcast_to(c, (b, len(c)))], axis=1)
-        ids_2d, snap_2d = self._stacked(n_hay)  # one fancy-index gather for all rows and sources
+        ids_2d, _ = self._stacked(n_hay)  # one fancy-index gather for all rows and sources
         width = ids_2d.shape[1]
-        pos_raw = np.minimum(pos_raw, n_hay)
-        last_end = snap_2d[source, offset + pos_raw]  # absolute index just after the last '.' before it
-        pos = np.where(last_end > offset, last_end - offset, 0)
-        pos = np.where(pos_raw >= n_hay, n_hay, pos)
+        pos = self.snapped_positions(source, offset, pos_raw, n_hay)
 
         rel = np.arange(n_hay + nn)[None, :]  # position inside the haystack+needle region
         in_needle = (rel >= pos[:, None]) & (rel < pos[:, None] + nn)
@@ -255,6 +252,45 @@ class PasskeyBatcher:
         assert ids.shape == (b, s), (ids.shape, s)
         return {"input_ids": ids, "needle_start": (p + pos).astype(np.int64)}
 
+    def snapped_positions(self, source: np.ndarray, offset: np.ndarray, pos_raw: np.ndarray, n_hay: int) -> np.ndarray:
+        """Haystack tokens before the needle for requested positions ``pos_raw`` (any shape, rows on axis 0):
+        snapped back to the last sentence end of the row's haystack; ``pos_raw >= n_hay`` is the very end."""
+        snap_2d = self._stacked(n_hay)[1]
+        expand = (slice(None),) + (None,) * (np.ndim(pos_raw) - 1)
+        source, offset = np.asarray(source)[expand], np.asarray(offset)[expand]
+        pos_raw = np.minimum(pos_raw, n_hay)
+        last_end = snap_2d[source, offset + pos_raw]  # absolute index just after the last '.' before it
+        pos = np.where(last_end > offset, last_end - offset, 0)
+        return np.where(pos_raw >= n_hay, n_hay, pos)
+
+    def key_copy_offsets(self, needle_start) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets inside their segments of the first digit of the key's two copies, for needles at
+        ``needle_start`` (any shape)."""
+        start, seg = np.asarray(needle_start), self.segment_length
+        return (start + len(self.needle_parts[0])) % seg, (start + self.copy_offset) % seg
+
+    def needle_near_boundary(self, needle_start, window: int) -> np.ndarray:
+        """Whether a segment boundary falls within ``window`` tokens of one of the key's two copies in needles at
+        ``needle_start`` (before, inside or after it; ``key_copy_near_boundary``). Same shape as the input."""
+        first, second = self.key_copy_offsets(needle_start)
+        near = lambda o: key_copy_near_boundary(o, self.num_digits, self.segment_length, window)  # noqa: E731
+        return near(first) | near(second)
+
+    def _boundary_needle_positions(self, rng: np.random.Generator, pos_raw: np.ndarray, high: np.ndarray,
+                                   source: np.ndarray, offset: np.ndarray, n_hay: int, share: float, window: int,
+                                   candidates: int = 256) -> np.ndarray:
+        """``pos_raw`` [B] with, for a ``share`` of the rows, a requested position in [0, high] whose snapped
+        needle has a segment boundary within ``window`` tokens of a copy of the key (``needle_near_boundary``).
+        Rows without such a place among ``candidates`` random draws keep theirs."""
+        b = len(pos_raw)
+        chosen = rng.random(b) < share
+        cand = (rng.random((b, candidates)) * (high[:, None] + 1)).astype(np.int64)  # uniform in [0, high]
+        start = len(self.prefix) + self.snapped_positions(source, offset, cand, n_hay)
+        hit = self.needle_near_boundary(start, window)
+        pick = np.argmax(np.where(hit, rng.random((b, candidates)), -1.0), axis=1)  # a random hit
+        found = hit[np.arange(b), pick]
+        return np.where(chosen & found, cand[np.arange(b), pick], pos_raw)
+
     def last_segment_start(self, seq_len: int) -> int:
         return ((int(seq_len) - 1) // self.segment_length) * self.segment_length
 
@@ -262,7 +298,8 @@ class PasskeyBatcher:
                virtual_length_max: float = 1.0, prob_r_one: float = 0.1, virtual_length_scope: str = "haystack",
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
                answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False,
-               repeated_digit_share: float = 0.0) -> dict[str, np.ndarray]:
+               repeated_digit_share: float = 0.0, needle_boundary_share: float = 0.0,
+               needle_boundary_window: int = 8) -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
 
         ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
@@ -277,6 +314,10 @@ class PasskeyBatcher:
         ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
         writing digits after the key (strict scoring); it needs ``t >= 1``.
         ``repeated_digit_share``: oversample keys with a pair of equal adjacent digits (``draw_keys``).
+        ``needle_boundary_share``: the fraction of rows whose needle (still at a sentence end) has a segment
+        boundary within ``needle_boundary_window`` tokens of one of the key's two copies (before, inside or
+        after it), so that the key or its context is cut between two segments (``needle_near_boundary``).
+        0 draws nothing extra.
         ``virtual_length_scope``: which tokens' memory writes count r times when ``virtual_length_max > 1``:
         ``"haystack"`` (the filler only: a prompt whose haystack is r times longer) or ``"non_needle"``
         (every token but the needle's, as in ``retrieval_recipe.md``; it also multiplies the intro, the
@@ -299,7 +340,8 @@ class PasskeyBatcher:
         shift = min(shift, max(0, limit - 1))
         out = self._sample(rng, batch_size, full - shift, force_early=force_early,
                            virtual_length_max=virtual_length_max, prob_r_one=prob_r_one,
-                           virtual_length_scope=virtual_length_scope, repeated_digit_share=repeated_digit_share)
+                           virtual_length_scope=virtual_length_scope, repeated_digit_share=repeated_digit_share,
+                           needle_boundary_share=needle_boundary_share, needle_boundary_window=needle_boundary_window)
         if shift:
             b = int(batch_size)
             tail = np.concatenate([self.period, self.question]) if key_terminator else self.question
@@ -320,8 +362,11 @@ class PasskeyBatcher:
 
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                 virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
-                virtual_length_scope: str = "haystack", repeated_digit_share: float = 0.0) -> dict[str, np.ndarray]:
+                virtual_length_scope: str = "haystack", repeated_digit_share: float = 0.0,
+                needle_boundary_share: float = 0.0, needle_boundary_window: int = 8) -> dict[str, np.ndarray]:
         check_virtual_length_scope(virtual_length_scope)
+        check_share("needle_boundary_share", needle_boundary_share)
+        check_boundary_window(needle_boundary_window, self.segment_length)
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
         digits = self.draw_keys(rng, b, repeated_digit_share)
@@ -332,10 +377,15 @@ class PasskeyBatcher:
         # Needle position: uniform depth, or (with probability force_early) anywhere that ends before the
         # final segment, when the layout allows it.
         pos_raw = rng.integers(0, n_hay + 1, size=b)
+        high = np.full(b, n_hay, np.int64)  # the largest position a row may request
         early_max = self.last_segment_start(s) - len(self.prefix) - self.needle_len
         if early_max >= 0:
             early = rng.random(b) < force_early
             pos_raw = np.where(early, rng.integers(0, early_max + 1, size=b), pos_raw)
+            high = np.where(early, early_max, high)
+        if needle_boundary_share > 0:
+            pos_raw = self._boundary_needle_positions(rng, pos_raw, high, source, offset, n_hay, needle_boundary_share,
+                                                      needle_boundary_window)
         out = self.assemble(digits, source, offset, pos_raw, s)
         start = out["needle_start"]
         t = np.arange(s)[None, :]
@@ -385,12 +435,33 @@ def check_boundary_digits(digits, num_digits: int) -> tuple[int, ...]:
     return digits
 
 
-def check_repeated_digit_share(share: float, num_digits: int) -> float:
-    """``data.repeated_digit_share`` must be a probability, and a key needs two digits to repeat one."""
+def check_share(name: str, share: float) -> float:
+    """A ``data.*_share`` option must be a fraction in [0, 1]."""
     share = float(share)
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"data.repeated_digit_share={share} must lie in [0, 1] (the fraction of pass keys given a "
-                         "pair of equal adjacent digits; 0 = uniform keys).")
+        raise ValueError(f"data.{name}={share} must lie in [0, 1] (a fraction of the rows; 0 = off).")
+    return share
+
+
+def key_copy_near_boundary(offset, num_digits: int, segment_length: int, window: int) -> np.ndarray:
+    """Whether a copy of the key whose first digit sits at ``offset`` inside its segment starts fewer than
+    ``window`` tokens after a segment boundary, or ends fewer than ``window`` tokens before one, or crosses one.
+    ``window=0``: crossing only."""
+    offset = np.asarray(offset)
+    return (offset < window) | (offset + num_digits > segment_length - window)
+
+
+def check_boundary_window(window: int, segment_length: int) -> int:
+    """``data.needle_boundary_window`` must be a token count in [0, segment_length / 2)."""
+    if int(window) != window or not 0 <= window < segment_length / 2:
+        raise ValueError(f"data.needle_boundary_window={window} must be a whole number of tokens in "
+                         f"[0, {segment_length // 2}) (segments of {segment_length}).")
+    return int(window)
+
+
+def check_repeated_digit_share(share: float, num_digits: int) -> float:
+    """``data.repeated_digit_share`` must be a fraction, and a key needs two digits to repeat one."""
+    share = check_share("repeated_digit_share", share)
     if share > 0 and num_digits < 2:
         raise ValueError(f"data.repeated_digit_share={share} needs keys of >= 2 digits (num_digits={num_digits}).")
     return share

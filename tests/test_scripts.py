@@ -67,3 +67,34 @@ def test_aligned_answer_check_splits_keys_with_a_repeated_digit(capsys):
     # 2 keys x 2 haystacks, every one with a repeated pair (share 1): none in the "without" group.
     assert "512 tokens" in line and "exact " in line and "without - (0)" in line, line
     assert "adjacent digit " in line and "(4);" in line.split("without")[0], line
+
+
+def test_needle_position_sweep_places_and_boundary_split(capsys):
+    from needle_position_sweep import main, summarize
+
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher, haystack_text, key_copy_near_boundary
+
+    batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=256, num_digits=5,
+                             haystacks={"classic": haystack_text("classic")})
+    ids, start = batcher.eval_prompts(["48213"], 2048, 40.0, 0)
+    first, second = batcher.key_copy_offsets(int(start[0]))
+    for offset, copy_start in ((first, int(start[0]) + len(batcher.needle_parts[0])),
+                               (second, int(start[0]) + batcher.copy_offset)):
+        assert offset == copy_start % 256
+        assert ids[0, copy_start:copy_start + 5].tolist() == batcher.digit_ids[[4, 8, 2, 1, 3]].tolist()
+    # Near: starts < window tokens after a boundary, or ends < window before one (or crosses it).
+    near = key_copy_near_boundary(np.arange(256), 5, 256, 8)
+    assert np.flatnonzero(~near).tolist() == list(range(8, 244))
+    assert np.flatnonzero(key_copy_near_boundary(np.arange(256), 5, 256, 0)).tolist() == [252, 253, 254, 255]
+    records = [{"first_copy_offset": 1, "second_copy_offset": 21, "exact": [True, False]},
+               {"first_copy_offset": 100, "second_copy_offset": 120, "exact": [True, True]},
+               {"first_copy_offset": 233, "second_copy_offset": 253, "exact": [False, False]}]
+    assert summarize(records, 5, 256, 8) == {
+        "near_boundary": {"places": 2, "failing_places": 2, "prompts": 4, "wrong": 3},
+        "elsewhere": {"places": 1, "failing_places": 0, "prompts": 2, "wrong": 0}}
+    summary = main(["--length", "512", "--haystack", "classic", "--depth_start", "20", "--depth_stop", "80",
+                    "--depth_step", "30", "--keys_per_position", "1"])
+    places = summary["near_boundary"]["places"] + summary["elsewhere"]["places"]
+    assert 1 <= places <= 3 and '"length": 512' in capsys.readouterr().out

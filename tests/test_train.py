@@ -173,6 +173,49 @@ def test_trainer_passes_repeated_digit_share_to_the_batches(tmp_path):
     config.data.repeated_digit_share = -0.1
     with pytest.raises(ValueError, match="repeated_digit_share"):
         Trainer(config)
+    config.data.repeated_digit_share, config.data.needle_boundary_share = 0.0, 1.5
+    with pytest.raises(ValueError, match="needle_boundary_share"):
+        Trainer(config)
+    config.data.needle_boundary_share, config.data.needle_boundary_window = 0.5, -1
+    with pytest.raises(ValueError, match="needle_boundary_window"):
+        Trainer(config)
+
+
+def test_needle_boundary_share_puts_a_segment_boundary_near_a_key_copy(batcher):
+    n, seq = 256, 1280  # 20 segments: room for many needle places (at SEQ most needles sit at the same one)
+    base = batcher.sample(np.random.default_rng(11), n, seq, force_early=0.5)
+    # Off (0): the identical batch.
+    same = batcher.sample(np.random.default_rng(11), n, seq, force_early=0.5, needle_boundary_share=0.0)
+    for k in base:
+        np.testing.assert_array_equal(base[k], same[k])
+    d, a, c = batcher.num_digits, len(batcher.needle_parts[0]), batcher.copy_offset
+    for window in (0, 4):
+        natural = batcher.needle_near_boundary(base["needle_start"], window).mean()
+        forced = batcher.sample(np.random.default_rng(12), n, seq, force_early=0.5, needle_boundary_share=1.0,
+                                needle_boundary_window=window)
+        start = forced["needle_start"]
+        near = batcher.needle_near_boundary(start, window)
+        assert natural < 0.5 and near.mean() > 0.95, (window, natural)
+        # By hand: some copy's digits cross a boundary, or (window > 0) a boundary lies < window tokens away.
+        for copy in (a, c):
+            first, last = start + copy, start + copy + d - 1
+            crossed = first // SEG != last // SEG
+            close = (first % SEG < window) | (SEG - 1 - last % SEG < window)
+            near &= ~(crossed | close)
+        assert not near.any()
+        # The needle is intact, carries the key twice, and follows a sentence end of the haystack.
+        for i in range(n):
+            key = batcher.digit_ids[forced["digits"][i]].tolist()
+            row = forced["input_ids"][i]
+            assert row[start[i] + a:start[i] + a + d].tolist() == key == row[start[i] + c:start[i] + c + d].tolist()
+        # force_early still holds: rows marked far end their needle before the final segment.
+        last_seg = ((seq - 1) // SEG) * SEG
+        far = forced["far"].astype(bool)
+        assert far.mean() > 0.4 and (start[far] + batcher.needle_len <= last_seg).all()
+    with pytest.raises(ValueError, match="needle_boundary_share"):
+        batcher.sample(np.random.default_rng(0), 2, seq, needle_boundary_share=2.0)
+    with pytest.raises(ValueError, match="needle_boundary_window"):
+        batcher.sample(np.random.default_rng(0), 2, seq, needle_boundary_share=0.5, needle_boundary_window=SEG)
 
 
 def test_text_stream(tok, tmp_path):
