@@ -425,6 +425,15 @@ def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, 
     assert set(saved["by_haystack"]) == {"classic", "varied"}
     records = [json.loads(x) for x in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
     assert all(r["num_tokens"] == SEQ and len(r["answer"]) == 5 for r in records)
+    # Each record says whether a segment boundary cuts its needle near a key copy; the summary splits on it.
+    batcher = reference_run.batcher
+    flags = [bool(batcher.needle_near_boundary(r["needle_token_index"], train_eval.BOUNDARY_WINDOW)) for r in records]
+    assert [r["key_near_segment_boundary"] for r in records] == flags
+    split = saved["by_needle_near_boundary"]
+    assert set(split) <= {"near", "elsewhere"} and sum(v["num_samples"] for v in split.values()) == 4
+    assert split.get("near", {}).get("num_samples", 0) == sum(flags)
+    older = [{k: v for k, v in r.items() if k != "key_near_segment_boundary"} for r in records]
+    assert set(train_eval.summarize_eval(older)["by_needle_near_boundary"]) == {"unknown"}
     assert (tmp_path / "eval" / "summary.json").is_file()
     # The same model: every sample is reused, nothing is generated again.
     calls = []
