@@ -262,13 +262,14 @@ class Trainer:
             raise ValueError(f"data.source={self.source!r}: use 'passkey', 'text' or 'mix'.")
         self.batcher = None
         self.text = None
+        num_digits = int(_cfg_get(d, "num_digits", 5))
         if self.source in ("passkey", "mix"):
             mix = float(_cfg_get(d, "haystack_mix", 0.5))
             varied = str(_cfg_get(d, "varied_haystack", "generated"))
             texts = {"classic": haystack_text("classic"),
                      "varied": haystack_text(varied, seed=int(_cfg_get(d, "varied_seed", 0)))}
             self.batcher = PasskeyBatcher(self.tokenizer, segment_length=self.model_cfg.segment_length,
-                                          num_digits=int(_cfg_get(d, "num_digits", 5)), haystacks=texts,
+                                          num_digits=num_digits, haystacks=texts,
                                           haystack_weights={"classic": mix, "varied": 1.0 - mix})
             for st in self.stages:
                 self.batcher.haystack_tokens(st.seq_len)  # fail now, not at the stage
@@ -284,11 +285,9 @@ class Trainer:
         self.virtual_length_scope = check_virtual_length_scope(str(_cfg_get(d, "virtual_length_scope", "haystack")))
         self.random_answer_position = bool(_cfg_get(d, "random_answer_position", True))
         self.answer_boundary_share = float(_cfg_get(d, "answer_boundary_share", 0.0))
-        self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()),
-                                                            int(_cfg_get(d, "num_digits", 5)))
+        self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()), num_digits)
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
-        self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0),
-                                                               int(_cfg_get(d, "num_digits", 5)))
+        self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0), num_digits)
         self.needle_boundary_share = check_share("needle_boundary_share", _cfg_get(d, "needle_boundary_share", 0.0))
         self.needle_boundary_window = check_boundary_window(_cfg_get(d, "needle_boundary_window", 8),
                                                             self.model_cfg.segment_length)

@@ -142,6 +142,17 @@ def _fresh_results(results_dir: str, model_id: dict | None) -> None:
             json.dump(model_id, f)
 
 
+def evaluation_batcher(tokenizer, segment_length: int, *, num_digits: int = 5,
+                       haystack_names: Iterable[str] = ("classic", "varied"), varied_haystack: str = "generated",
+                       varied_seed: int = 12345) -> PasskeyBatcher:
+    """The prompt builder of the evaluation: one haystack per name, where "varied" is the training style
+    (``varied_haystack``) with held-out text (``varied_seed``) and any other name a ``haystack_text`` kind.
+    The defaults are those of the training configs' evaluation (``configs/train_common.py``)."""
+    texts = {name: haystack_text(varied_haystack, seed=varied_seed) if name == "varied" else haystack_text(name)
+             for name in haystack_names}
+    return PasskeyBatcher(tokenizer, segment_length=segment_length, num_digits=num_digits, haystacks=texts)
+
+
 def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
              model_id: dict | None = None) -> dict[str, Any] | None:
     """The evaluation described by ``config.eval`` (a training config); None when disabled.
@@ -154,15 +165,9 @@ def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
         return None
     d = config.data
     names = list(_get(ev, "haystacks", ("classic", "varied")))
-    texts = {}
-    for name in names:
-        if name == "varied":  # the training style, held-out text
-            texts[name] = haystack_text(str(_get(d, "varied_haystack", "generated")),
-                                        seed=int(_get(ev, "varied_seed", 12345)))
-        else:
-            texts[name] = haystack_text(name)
-    batcher = PasskeyBatcher(tokenizer, segment_length=model.cfg.segment_length,
-                             num_digits=int(_get(d, "num_digits", 5)), haystacks=texts)
+    batcher = evaluation_batcher(tokenizer, model.cfg.segment_length, num_digits=int(_get(d, "num_digits", 5)),
+                                 haystack_names=names, varied_haystack=str(_get(d, "varied_haystack", "generated")),
+                                 varied_seed=int(_get(ev, "varied_seed", 12345)))
     workdir = os.fspath(workdir)
     results_dir = os.path.join(workdir, EVAL_DIR)
     if model_id is not None:  # what decides a prompt besides its id: a change starts the evaluation afresh

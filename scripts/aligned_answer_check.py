@@ -25,7 +25,8 @@ import numpy as np
 from infini_jax import load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
-from infini_jax.train_data import PasskeyBatcher, haystack_text
+from infini_jax.train_data import PasskeyBatcher
+from infini_jax.train_eval import evaluation_batcher
 
 
 def teacher_forced_answers(forward, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
@@ -73,9 +74,7 @@ def main(argv=None):
     model = load_model(args.model, dtype="float32")
     seg = model.cfg.segment_length
     tok = load_tokenizer(args.tokenizer)
-    batcher = PasskeyBatcher(tok, segment_length=seg, num_digits=5,
-                             haystacks={"classic": haystack_text("classic"),
-                                        "varied": haystack_text("generated", seed=12345)})
+    batcher = evaluation_batcher(tok, seg)
     forward = jax.jit(lambda ids, w: model(ids, write_weight=w))  # compiled once per (batch, length)
 
     for length in [int(x) for x in args.lengths.split(",")]:

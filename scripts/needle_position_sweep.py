@@ -25,7 +25,8 @@ from aligned_answer_check import teacher_forced_answers
 from infini_jax import load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
-from infini_jax.train_data import PasskeyBatcher, haystack_text, key_copy_near_boundary
+from infini_jax.train_data import PasskeyBatcher, key_copy_near_boundary
+from infini_jax.train_eval import evaluation_batcher
 
 HAYSTACKS = ("classic", "varied")
 
@@ -80,9 +81,7 @@ def main(argv=None):
     seg = model.cfg.segment_length
     if args.length % seg:
         raise ValueError(f"--length {args.length} is not a multiple of the segment length {seg}.")
-    batcher = PasskeyBatcher(load_tokenizer(args.tokenizer), segment_length=seg, num_digits=5,
-                             haystacks={"classic": haystack_text("classic"),
-                                        "varied": haystack_text("generated", seed=12345)})
+    batcher = evaluation_batcher(load_tokenizer(args.tokenizer), seg)
     forward = jax.jit(lambda ids, w: model(ids, write_weight=w))
     depths = np.arange(args.depth_start, args.depth_stop + 1e-9, args.depth_step)
     records = sweep(forward, batcher, args.length, HAYSTACKS.index(args.haystack), depths, args.keys_per_position,
