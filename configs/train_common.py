@@ -134,12 +134,13 @@ def get_config() -> ml_collections.ConfigDict:
     d.key_terminator = False  # train the "." after the key (so generations stop writing digits: strict scoring)
     # Fraction of pass keys given a pair of equal adjacent digits (one digit copies its predecessor, as in
     # 55996); uniform keys hold one 34% of the time. Most errors of the 16M-token evaluations of the r <= 2048
-    # run (and of H1 at 32K-1M) fell on such keys (docs/training.md). 0 = uniform keys (the shipped model).
+    # run (and of H1 at 32K-1M) fell on such keys (docs/training.md). train_demo uses 0.3 (with the next option
+    # and r <= 2048; which of the three made the difference is not isolated). 0 = uniform keys.
     d.repeated_digit_share = 0.0
     # Fraction of passkey rows whose needle (still at a sentence end) has a segment boundary within
     # needle_boundary_window tokens of one of the key's two copies (before, inside or after it). Most errors of
-    # the demo runs fall on needles so placed (H2: all 30 at 32K-1M; the shipped model: all 25 at 16K, 308
-    # prompts; docs/training.md, scripts/needle_position_sweep.py). 0 = uniform places (the shipped model).
+    # the demo runs fall on needles so placed (H2: all 30 at 32K-1M; the previous demo model L2: all 25 at 16K,
+    # 308 prompts; docs/training.md, scripts/needle_position_sweep.py). train_demo uses 0.2. 0 = uniform places.
     d.needle_boundary_share = 0.0
     d.needle_boundary_window = 8  # tokens
     d.text_files = config_dict.placeholder(str)  # .txt files, directories or globs, comma-separated

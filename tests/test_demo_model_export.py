@@ -41,3 +41,19 @@ def test_demo_model_is_trained_and_exports_to_nanotron_with_identical_generation
     theirs = Generator(back, gen).generate(prompts)
     assert ours == theirs
     assert [tok.decode(t) for t in ours] == ["48213", "90517"]  # and the trained model retrieves the keys
+
+
+def test_train_demo_reproduces_the_shipped_model_and_r256_the_previous_one():
+    """configs/train_demo.py holds the shipped model's recipe (its training_config.json, up to where and how the
+    run was written and evaluated); the ``r256`` variant is the previous demo model's (L2)."""
+    from configs import train_demo
+
+    shipped = json.loads((DEMO / "training_config.json").read_text())["config"]
+    ours = json.loads(json.dumps(train_demo.get_config().to_dict()))  # tuples as the file holds them: lists
+    for key in ("seed", "data_seed", "total_seconds", "total_steps", "model", "optim", "loss", "curriculum", "data",
+                "init_std", "stop_gradient_between_segments", "tokenizer"):
+        assert ours[key] == shipped[key], key
+    assert ours["curriculum"]["stage_2"]["virtual_length_max"] == 2048.0
+    previous = train_demo.get_config("r256")
+    assert previous.curriculum.stage_2.virtual_length_max == 256.0
+    assert previous.data.needle_boundary_share == 0.0 and previous.data.repeated_digit_share == 0.0
