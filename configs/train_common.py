@@ -14,7 +14,8 @@ from ml_collections import config_dict
 
 def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early_needle: float = 0.0,
           virtual_length_max: float = 1.0, advance_min_accuracy: float = 0.0,
-          max_share: float | None = None) -> ml_collections.ConfigDict:
+          max_share: float | None = None, short_share: float = 0.0, short_seq_len: int = 0,
+          short_batch_size: int = 0) -> ml_collections.ConfigDict:
     """One curriculum stage (``infini_jax.train_schedule.Stage``)."""
     s = ml_collections.ConfigDict()
     s.name = name  # shown in logs and metrics.jsonl
@@ -26,6 +27,11 @@ def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early
     s.advance_min_accuracy = advance_min_accuracy  # far-needle train accuracy needed to leave the stage; 0 = none
     # Safeguard of the gate: leave after this fraction of the budget even if the gate is closed (None: never).
     s.max_share = config_dict.placeholder(float) if max_share is None else max_share
+    # Short rows mixed in: this fraction of the stage's steps trains on short_batch_size x short_seq_len rows
+    # with no virtual length (r = 1) instead (two compiled shapes). 0 = off.
+    s.short_share = short_share
+    s.short_seq_len = short_seq_len
+    s.short_batch_size = short_batch_size
     return s
 
 

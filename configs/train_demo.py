@@ -3,6 +3,7 @@
 
     python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo          # GPU, ~11 min
     python main.py --config=configs/train_demo.py:r256 --config.workdir=outputs/train_r256     # the L2 recipe
+    python main.py --config=configs/train_demo.py:short_rows --config.workdir=outputs/short    # not yet run
     python main.py --config=configs/train_demo.py:cpu_smoke --config.workdir=/tmp/train_smoke   # CPU, seconds
 
 It reproduces the shipped demo model (infini_jax/assets/demo_model, run B2: seed 2, data_seed 3; on one H200
@@ -60,6 +61,11 @@ def get_config(variant: str = ""):
         c.curriculum.stage_2.virtual_length_max = 256.0
         c.data.needle_boundary_share = 0.0
         c.data.repeated_digit_share = 0.0
+    elif variant == "short_rows":
+        # Not yet run on a GPU: the shipped recipe with 1K-token rows (r = 1) in 30% of the last stage's steps,
+        # against its weakness on prompts of 4-8 segments (docs/training.md, fifth session).
+        s2 = c.curriculum.stage_2
+        s2.short_share, s2.short_seq_len, s2.short_batch_size = 0.3, 1024, 128
     elif variant == "cpu_smoke":
         # Seconds on a laptop CPU: a tiny model, short rows, a few steps, a tiny evaluation.
         c.workdir = "/tmp/infini_train_smoke"
@@ -85,5 +91,5 @@ def get_config(variant: str = ""):
         c.eval.batch_size = 2
         c.eval.prefill_chunk_tokens = 0
     elif variant:
-        raise ValueError(f"Unknown variant {variant!r} of train_demo: use '', 'r256' or 'cpu_smoke'.")
+        raise ValueError(f"Unknown variant {variant!r} of train_demo: use '', 'r256', 'short_rows' or 'cpu_smoke'.")
     return c

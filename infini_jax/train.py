@@ -273,6 +273,8 @@ class Trainer:
                                           haystack_weights={"classic": mix, "varied": 1.0 - mix})
             for st in self.stages:
                 self.batcher.haystack_tokens(st.seq_len)  # fail now, not at the stage
+                if st.short_share > 0:
+                    self.batcher.haystack_tokens(st.short_seq_len)
         if self.source in ("text", "mix"):
             spec = _cfg_get(d, "text_files")
             if not spec:
@@ -300,6 +302,9 @@ class Trainer:
             if st.batch_size % n:
                 raise ValueError(f"Stage {st.name!r}: batch_size {st.batch_size} is not a multiple of the {n} "
                                  "devices (data parallel).")
+            if st.short_share > 0 and st.short_batch_size % n:
+                raise ValueError(f"Stage {st.name!r}: short_batch_size {st.short_batch_size} is not a multiple of "
+                                 f"the {n} devices (data parallel).")
         return sharding.make_mesh(dp=n, tp=1)
 
     def _place_state(self, state):
@@ -331,15 +336,23 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state)[0]
 
     # ------------------------------------------------------------------ data
+    def batch_shape(self, stage: Stage) -> tuple[int, int, float]:
+        """(rows, tokens per row, virtual_length_max) of the next batch: the stage's, or, in a share
+        ``stage.short_share`` of the steps (one draw from the data RNG, none when the share is 0), its short rows
+        without virtual length."""
+        if stage.short_share > 0 and self.rng.random() < stage.short_share:
+            return stage.short_batch_size, stage.short_seq_len, 1.0
+        return stage.batch_size, stage.seq_len, stage.virtual_length_max
+
     def make_batch(self, stage: Stage) -> dict[str, np.ndarray]:
-        b, s = stage.batch_size, stage.seq_len
+        b, s, virtual_length_max = self.batch_shape(stage)
         n_text = int(round(b * self.text_fraction))
         parts = []
         if n_text:
             parts.append(self.text.sample(self.rng, n_text, s))
         if b - n_text:
             parts.append(self.batcher.sample(self.rng, b - n_text, s, force_early=stage.force_early_needle,
-                                             virtual_length_max=stage.virtual_length_max, prob_r_one=self.prob_r_one,
+                                             virtual_length_max=virtual_length_max, prob_r_one=self.prob_r_one,
                                              virtual_length_scope=self.virtual_length_scope,
                                              random_answer_position=self.random_answer_position,
                                              answer_boundary_share=self.answer_boundary_share,
@@ -487,9 +500,10 @@ class Trainer:
             if self.warmup_end_progress is None and self.step >= self.optim.warmup_steps:
                 self.warmup_end_progress = self.progress
             lr = self.optim.factors(self.step, self.progress, self.warmup_end_progress)
-            batch = self._device_batch(self.make_batch(stage))
+            host_batch = self.make_batch(stage)
+            shape = tuple(host_batch["input_ids"].shape)  # the stage's, or its short rows'
+            batch = self._device_batch(host_batch)
             lr_arr = {k: jnp.float32(v) for k, v in lr.items()}
-            shape = (stage.batch_size, stage.seq_len)
             timed = shape in self._compiled_shapes
             if not timed:  # compile outside the clock (and outside tokens/s)
                 self.clock.pause()
@@ -507,8 +521,8 @@ class Trainer:
             self._flush_pending()
             self._pending.append((self.step + 1, metrics))
             self.step += 1
-            self.tokens_seen += stage.batch_size * stage.seq_len
-            self._interval_tokens += stage.batch_size * stage.seq_len if timed else 0
+            self.tokens_seen += shape[0] * shape[1]
+            self._interval_tokens += shape[0] * shape[1] if timed else 0
             if self.step % self.log_every == 0:
                 self.clock.pause()
                 self.log_interval(lr)

@@ -51,6 +51,11 @@ class Stage:
     virtual_length_max: float = 1.0  # r ~ logUniform[1, max] for non-needle writes; 1 = off
     advance_min_accuracy: float = 0.0  # far-needle accuracy needed to leave the stage; 0 = no gate
     max_share: float | None = None  # safeguard: leave after this fraction of the budget even if gated
+    # Short rows mixed into the stage: this fraction of its steps trains on short_batch_size x short_seq_len
+    # rows without virtual length (r = 1) instead of the stage's shape. 0 = off.
+    short_share: float = 0.0
+    short_seq_len: int = 0
+    short_batch_size: int = 0
 
     def __post_init__(self):
         if self.seq_len < 1 or self.batch_size < 1:
@@ -63,6 +68,11 @@ class Stage:
         if self.virtual_length_max < 1:
             raise ValueError(f"Stage {self.name!r}: virtual_length_max must be >= 1 (1 = off), got "
                              f"{self.virtual_length_max}.")
+        if not 0 <= self.short_share < 1:
+            raise ValueError(f"Stage {self.name!r}: short_share={self.short_share} is outside [0, 1).")
+        if self.short_share > 0 and (self.short_seq_len < 1 or self.short_batch_size < 1):
+            raise ValueError(f"Stage {self.name!r}: short_share={self.short_share} needs positive short_seq_len and "
+                             f"short_batch_size, got {self.short_seq_len} x {self.short_batch_size}.")
         if self.max_share is not None and self.max_share < self.share:
             raise ValueError(f"Stage {self.name!r}: max_share {self.max_share} is below share {self.share}.")
 

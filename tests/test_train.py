@@ -181,6 +181,36 @@ def test_trainer_passes_repeated_digit_share_to_the_batches(tmp_path):
         Trainer(config)
 
 
+def test_short_rows_mixed_into_a_stage(tmp_path):
+    """Stage.short_share: that share of the stage's steps trains on its short rows, without virtual length; the
+    loop counts each step's own shape. With a share of 0 nothing is drawn (the data stream is unchanged)."""
+    config = _config(tmp_path, total_steps=6)
+    config.curriculum = {"stage_0": stage("virtual", 2 * SEQ, 2, 1.0, virtual_length_max=64.0, short_share=0.5,
+                                          short_seq_len=SEQ, short_batch_size=2)}
+    trainer = Trainer(config)
+    st = trainer.stages[0]
+    batches = [trainer.make_batch(st) for _ in range(40)]
+    shapes = [b["input_ids"].shape for b in batches]
+    assert set(shapes) == {(2, SEQ), (2, 2 * SEQ)} and 10 <= shapes.count((2, SEQ)) <= 30
+    assert all(b["write_weight"].max() == 1 for b in batches if b["input_ids"].shape == (2, SEQ))  # r = 1
+    assert max(b["write_weight"].max() for b in batches if b["input_ids"].shape == (2, 2 * SEQ)) > 1
+
+    trainer = Trainer(config)  # a fresh run: trains on both shapes and counts their tokens
+    trainer.train()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.step == 6 and records[-1]["tokens_seen"] == trainer.tokens_seen
+    assert trainer._compiled_shapes == {(2, SEQ), (2, 2 * SEQ)}  # both shapes ran: the count lies between
+    assert 6 * 2 * SEQ < trainer.tokens_seen < 6 * 2 * 2 * SEQ and trainer.tokens_seen % (2 * SEQ) == 0
+
+    off = Trainer(_config(tmp_path / "off"))
+    state = off.rng.bit_generator.state
+    assert off.batch_shape(off.stages[1]) == (4, SEQ, 16.0) and off.rng.bit_generator.state == state
+    with pytest.raises(ValueError, match="short_seq_len"):
+        Stage("s", SEQ, 4, 1.0, short_share=0.2)
+    with pytest.raises(ValueError, match="short_share"):
+        Stage("s", SEQ, 4, 1.0, short_share=1.0, short_seq_len=SEQ, short_batch_size=4)
+
+
 def test_needle_boundary_share_puts_a_segment_boundary_near_a_key_copy(batcher):
     n, seq = 256, 1280  # 20 segments: room for many needle places (at SEQ most needles sit at the same one)
     base = batcher.sample(np.random.default_rng(11), n, seq, force_early=0.5)
