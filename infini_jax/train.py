@@ -247,6 +247,7 @@ class Trainer:
         self._pending: list[tuple[int, dict]] = []
         self._interval: list[dict[str, np.ndarray]] = []
         self._interval_tokens = 0
+        self._interval_short_steps = 0
         self._interval_start = time.perf_counter()
         self._compiled_shapes: set[tuple[int, int]] = set()
         self.ckpt = ocp.CheckpointManager(
@@ -336,7 +337,7 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state)[0]
 
     # ------------------------------------------------------------------ data
-    def batch_shape(self, stage: Stage) -> tuple[int, int, float]:
+    def _draw_batch_shape(self, stage: Stage) -> tuple[int, int, float]:
         """(rows, tokens per row, virtual_length_max) of the next batch: the stage's, or, in a share
         ``stage.short_share`` of the steps (one draw from the data RNG, none when the share is 0), its short rows
         without virtual length."""
@@ -345,7 +346,7 @@ class Trainer:
         return stage.batch_size, stage.seq_len, stage.virtual_length_max
 
     def make_batch(self, stage: Stage) -> dict[str, np.ndarray]:
-        b, s, virtual_length_max = self.batch_shape(stage)
+        b, s, virtual_length_max = self._draw_batch_shape(stage)
         n_text = int(round(b * self.text_fraction))
         parts = []
         if n_text:
@@ -462,6 +463,7 @@ class Trainer:
             "grad_norm": mean("grad_norm"), "lr": self.optim.lr * lr["default"],
             "balance_factor_lr": self.optim.balance_factor_lr * lr["balance"],
             "tokens_per_second": self._interval_tokens / max(seconds, 1e-9), "tokens_seen": self.tokens_seen,
+            "short_steps": self._interval_short_steps,  # steps of the interval on the stage's short rows
             "gate_mean": g.mean(axis=1).round(5).tolist(), "gate_min": g.min(axis=1).round(5).tolist(),
             "gate_max": g.max(axis=1).round(5).tolist(),
         }
@@ -475,6 +477,7 @@ class Trainer:
                      rec["balance_factor_lr"], rec["grad_norm"], rec["tokens_per_second"], rec["gate_mean"])
         self._interval = []
         self._interval_tokens = 0
+        self._interval_short_steps = 0
         self._interval_start = time.perf_counter()
         return rec
 
@@ -506,14 +509,16 @@ class Trainer:
             lr_arr = {k: jnp.float32(v) for k, v in lr.items()}
             timed = shape in self._compiled_shapes
             if not timed:  # compile outside the clock (and outside tokens/s)
+                jax.block_until_ready(self.state)  # the step in flight still counts
                 self.clock.pause()
                 t0 = time.perf_counter()
                 self.state, metrics = self._step_fn(self.state, batch, lr_arr)
                 jax.block_until_ready(metrics)
+                compile_seconds = time.perf_counter() - t0
                 logging.info("Compiled and ran the train step for batch %d x %d tokens in %.1fs", *shape,
-                             time.perf_counter() - t0)
+                             compile_seconds)
                 self._compiled_shapes.add(shape)
-                self._interval_start = time.perf_counter()
+                self._interval_start += compile_seconds  # the interval's tokens/s leaves the compilation out
                 self.clock.start()
             else:
                 self.state, metrics = self._step_fn(self.state, batch, lr_arr)
@@ -523,6 +528,7 @@ class Trainer:
             self.step += 1
             self.tokens_seen += shape[0] * shape[1]
             self._interval_tokens += shape[0] * shape[1] if timed else 0
+            self._interval_short_steps += shape != (stage.batch_size, stage.seq_len)
             if self.step % self.log_every == 0:
                 self.clock.pause()
                 self.log_interval(lr)

@@ -52,7 +52,8 @@ class Stage:
     advance_min_accuracy: float = 0.0  # far-needle accuracy needed to leave the stage; 0 = no gate
     max_share: float | None = None  # safeguard: leave after this fraction of the budget even if gated
     # Short rows mixed into the stage: this fraction of its steps trains on short_batch_size x short_seq_len
-    # rows without virtual length (r = 1) instead of the stage's shape. 0 = off.
+    # rows without virtual length (r = 1) instead of the stage's shape; the stage's force_early_needle and the
+    # data options (answer / needle boundary, keys) apply to them too. 0 = off; not with an accuracy gate.
     short_share: float = 0.0
     short_seq_len: int = 0
     short_batch_size: int = 0
@@ -70,9 +71,14 @@ class Stage:
                              f"{self.virtual_length_max}.")
         if not 0 <= self.short_share < 1:
             raise ValueError(f"Stage {self.name!r}: short_share={self.short_share} is outside [0, 1).")
-        if self.short_share > 0 and (self.short_seq_len < 1 or self.short_batch_size < 1):
-            raise ValueError(f"Stage {self.name!r}: short_share={self.short_share} needs positive short_seq_len and "
-                             f"short_batch_size, got {self.short_seq_len} x {self.short_batch_size}.")
+        if self.short_share > 0:
+            if not 1 <= self.short_seq_len < self.seq_len or self.short_batch_size < 1:
+                raise ValueError(f"Stage {self.name!r}: short_share={self.short_share} needs short_seq_len in [1, "
+                                 f"seq_len={self.seq_len}) and a positive short_batch_size, got "
+                                 f"{self.short_seq_len} x {self.short_batch_size}.")
+            if self.advance_min_accuracy > 0:
+                raise ValueError(f"Stage {self.name!r}: short rows would feed the accuracy gate; use short_share "
+                                 "or advance_min_accuracy, not both.")
         if self.max_share is not None and self.max_share < self.share:
             raise ValueError(f"Stage {self.name!r}: max_share {self.max_share} is below share {self.share}.")
 

@@ -43,10 +43,11 @@ def test_demo_model_is_trained_and_exports_to_nanotron_with_identical_generation
     assert [tok.decode(t) for t in ours] == ["48213", "90517"]  # and the trained model retrieves the keys
 
 
-def test_train_demo_reproduces_the_shipped_model_and_r256_the_previous_one():
+def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_one():
     """configs/train_demo.py holds the shipped model's recipe (its training_config.json, up to where and how the
     run was written and evaluated); the ``r256`` variant is the previous demo model's (L2)."""
     from configs import train_demo
+    from infini_jax.train_schedule import stages_from_config
 
     shipped = json.loads((DEMO / "training_config.json").read_text())["config"]
     ours = json.loads(json.dumps(train_demo.get_config().to_dict()))  # tuples as the file holds them: lists
@@ -57,6 +58,8 @@ def test_train_demo_reproduces_the_shipped_model_and_r256_the_previous_one():
     previous = train_demo.get_config("r256")
     assert previous.curriculum.stage_2.virtual_length_max == 256.0
     assert previous.data.needle_boundary_share == 0.0 and previous.data.repeated_digit_share == 0.0
+    last = stages_from_config(train_demo.get_config("short_rows").curriculum)[-1]  # the next experiment's
+    assert (last.short_share, last.short_seq_len, last.virtual_length_max) == (0.3, 1024, 2048.0)
 
 
 def _without_later_options(ours, shipped):

@@ -197,18 +197,47 @@ def test_short_rows_mixed_into_a_stage(tmp_path):
 
     trainer = Trainer(config)  # a fresh run: trains on both shapes and counts their tokens
     trainer.train()
-    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in (json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r]
     assert trainer.step == 6 and records[-1]["tokens_seen"] == trainer.tokens_seen
     assert trainer._compiled_shapes == {(2, SEQ), (2, 2 * SEQ)}  # both shapes ran: the count lies between
     assert 6 * 2 * SEQ < trainer.tokens_seen < 6 * 2 * 2 * SEQ and trainer.tokens_seen % (2 * SEQ) == 0
+    n_short = sum(r["short_steps"] for r in records)  # logged per interval
+    assert trainer.tokens_seen == n_short * 2 * SEQ + (6 - n_short) * 2 * 2 * SEQ
 
     off = Trainer(_config(tmp_path / "off"))
     state = off.rng.bit_generator.state
-    assert off.batch_shape(off.stages[1]) == (4, SEQ, 16.0) and off.rng.bit_generator.state == state
+    assert off._draw_batch_shape(off.stages[1]) == (4, SEQ, 16.0) and off.rng.bit_generator.state == state
     with pytest.raises(ValueError, match="short_seq_len"):
         Stage("s", SEQ, 4, 1.0, short_share=0.2)
+    with pytest.raises(ValueError, match="short_seq_len"):
+        Stage("s", SEQ, 4, 1.0, short_share=0.2, short_seq_len=SEQ, short_batch_size=4)  # not shorter
     with pytest.raises(ValueError, match="short_share"):
-        Stage("s", SEQ, 4, 1.0, short_share=1.0, short_seq_len=SEQ, short_batch_size=4)
+        Stage("s", 2 * SEQ, 4, 1.0, short_share=1.0, short_seq_len=SEQ, short_batch_size=4)
+    with pytest.raises(ValueError, match="accuracy gate"):
+        Stage("s", 2 * SEQ, 4, 1.0, short_share=0.2, short_seq_len=SEQ, short_batch_size=4,
+              advance_min_accuracy=0.5)
+
+
+def test_resume_with_short_rows_gives_the_identical_losses(tmp_path):
+    """The short-row draws come from the data RNG saved in checkpoints: a resumed run repeats the same shapes."""
+    def config(workdir):
+        c = _config(workdir, total_steps=8)
+        c.curriculum = {"stage_0": stage("virtual", 2 * SEQ, 2, 1.0, virtual_length_max=16.0, short_share=0.5,
+                                              short_seq_len=SEQ, short_batch_size=2)}
+        return c
+
+    ref = Trainer(config(tmp_path / "ref"))
+    ref.train()
+    crashed = Trainer(config(tmp_path / "run"))
+    crashed.train(stop_at_step=7, save_at_end=False)  # checkpoint at step 4; steps 5-7 are lost
+    resumed = Trainer(config(tmp_path / "run"))
+    assert resumed.restore() and resumed.step == 4
+    resumed.train()
+    want, got = _losses(ref.history), _losses(resumed.history)
+    assert sorted(got) == [5, 6, 7, 8] and resumed.tokens_seen == ref.tokens_seen
+    for step in got:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step
 
 
 def test_needle_boundary_share_puts_a_segment_boundary_near_a_key_copy(batcher):
