@@ -15,7 +15,8 @@ from ml_collections import config_dict
 def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early_needle: float = 0.0,
           virtual_length_max: float = 1.0, advance_min_accuracy: float = 0.0,
           max_share: float | None = None, short_share: float = 0.0, short_seq_len: int = 0,
-          short_batch_size: int = 0) -> ml_collections.ConfigDict:
+          short_batch_size: int = 0, repeated_digit_share: float | None = None,
+          needle_boundary_share: float | None = None) -> ml_collections.ConfigDict:
     """One curriculum stage (``infini_jax.train_schedule.Stage``)."""
     s = ml_collections.ConfigDict()
     s.name = name  # shown in logs and metrics.jsonl
@@ -32,6 +33,11 @@ def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early
     s.short_share = short_share
     s.short_seq_len = short_seq_len
     s.short_batch_size = short_batch_size
+    # This stage's data.repeated_digit_share / data.needle_boundary_share (None: the data config's value).
+    s.repeated_digit_share = (config_dict.placeholder(float) if repeated_digit_share is None
+                              else repeated_digit_share)
+    s.needle_boundary_share = (config_dict.placeholder(float) if needle_boundary_share is None
+                               else needle_boundary_share)
     return s
 
 

@@ -67,6 +67,12 @@ def get_config(variant: str = ""):
         # against its weakness on prompts of 4-8 segments (docs/training.md, fifth session).
         s2 = c.curriculum.stage_2
         s2.short_share, s2.short_seq_len, s2.short_batch_size = 0.3, 1024, 128
+    elif variant == "late_options":
+        # The two key / needle options only in the last stage: the first two stages then see L2's data stream
+        # (r256 recipe, robust on three seeds at 32K-1M), the last one B2's (r <= 2048 with both options).
+        for name in ("stage_0", "stage_1"):
+            c.curriculum[name].repeated_digit_share = 0.0
+            c.curriculum[name].needle_boundary_share = 0.0
     elif variant == "cpu_smoke":
         # Seconds on a laptop CPU: a tiny model, short rows, a few steps, a tiny evaluation.
         c.workdir = "/tmp/infini_train_smoke"
@@ -92,5 +98,6 @@ def get_config(variant: str = ""):
         c.eval.batch_size = 2
         c.eval.prefill_chunk_tokens = 0
     elif variant:
-        raise ValueError(f"Unknown variant {variant!r} of train_demo: use '', 'r256', 'short_rows' or 'cpu_smoke'.")
+        raise ValueError(f"Unknown variant {variant!r} of train_demo: use '', 'r256', 'short_rows', 'late_options' or "
+                         "'cpu_smoke'.")
     return c

@@ -274,6 +274,8 @@ class Trainer:
                                           haystack_weights={"classic": mix, "varied": 1.0 - mix})
             for st in self.stages:
                 self.batcher.haystack_tokens(st.seq_len)  # fail now, not at the stage
+                if st.repeated_digit_share is not None:
+                    check_repeated_digit_share(st.repeated_digit_share, num_digits)
                 if st.short_share > 0:
                     self.batcher.haystack_tokens(st.short_seq_len)
         if self.source in ("text", "mix"):
@@ -345,6 +347,11 @@ class Trainer:
             return stage.short_batch_size, stage.short_seq_len, 1.0
         return stage.batch_size, stage.seq_len, stage.virtual_length_max
 
+    def _stage_option(self, stage: Stage, option: str) -> float:
+        """A data option's value in ``stage``: the stage's own when set, else the data config's."""
+        value = getattr(stage, option)
+        return getattr(self, option) if value is None else value
+
     def make_batch(self, stage: Stage) -> dict[str, np.ndarray]:
         b, s, virtual_length_max = self._draw_batch_shape(stage)
         n_text = int(round(b * self.text_fraction))
@@ -359,8 +366,8 @@ class Trainer:
                                              answer_boundary_share=self.answer_boundary_share,
                                              answer_boundary_digits=self.answer_boundary_digits,
                                              key_terminator=self.key_terminator,
-                                             repeated_digit_share=self.repeated_digit_share,
-                                             needle_boundary_share=self.needle_boundary_share,
+                                             repeated_digit_share=self._stage_option(stage, "repeated_digit_share"),
+                                             needle_boundary_share=self._stage_option(stage, "needle_boundary_share"),
                                              needle_boundary_window=self.needle_boundary_window))
         return concat_batches(parts)
 

@@ -60,6 +60,8 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_on
     assert previous.data.needle_boundary_share == 0.0 and previous.data.repeated_digit_share == 0.0
     last = stages_from_config(train_demo.get_config("short_rows").curriculum)[-1]  # the next experiment's
     assert (last.short_share, last.short_seq_len, last.virtual_length_max) == (0.3, 1024, 2048.0)
+    late = stages_from_config(train_demo.get_config("late_options").curriculum)  # the sixth session's P runs
+    assert [(s.repeated_digit_share, s.needle_boundary_share) for s in late] == [(0.0, 0.0), (0.0, 0.0), (None, None)]
 
 
 def _without_later_options(ours, shipped):

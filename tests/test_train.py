@@ -160,15 +160,19 @@ def test_repeated_digit_share_oversamples_keys_with_equal_adjacent_digits(batche
         batcher.draw_keys(np.random.default_rng(0), 2, 1.5)
 
 
+def _answer_keys(trainer, batch) -> np.ndarray:
+    """[rows, 5] the key digits each row's answer carries (read back from the answer tokens)."""
+    ids, mask = batch["input_ids"], batch["answer_mask"]
+    answers = [ids[i, np.flatnonzero(mask[i])[:5] + 1] for i in range(len(ids))]
+    digit_of = {int(t): d for d, t in enumerate(trainer.batcher.digit_ids)}
+    return np.asarray([[digit_of[int(t)] for t in a] for a in answers])  # every answer token is a digit
+
+
 def test_trainer_passes_repeated_digit_share_to_the_batches(tmp_path):
     config = _config(tmp_path)
     config.data.repeated_digit_share = 1.0
     trainer = Trainer(config)
-    batch = trainer.make_batch(trainer.stages[0])
-    ids, mask = batch["input_ids"], batch["answer_mask"]
-    answers = [ids[i, np.flatnonzero(mask[i])[:5] + 1] for i in range(len(ids))]
-    digit_of = {int(t): d for d, t in enumerate(trainer.batcher.digit_ids)}
-    keys = np.asarray([[digit_of[int(t)] for t in a] for a in answers])  # every answer token is a digit
+    keys = _answer_keys(trainer, trainer.make_batch(trainer.stages[0]))
     assert keys.shape == (4, 5) and _has_adjacent_repeat(keys).all()
     config.data.repeated_digit_share = -0.1
     with pytest.raises(ValueError, match="repeated_digit_share"):
@@ -179,6 +183,31 @@ def test_trainer_passes_repeated_digit_share_to_the_batches(tmp_path):
     config.data.needle_boundary_share, config.data.needle_boundary_window = 0.5, -1
     with pytest.raises(ValueError, match="needle_boundary_window"):
         Trainer(config)
+
+
+def test_a_stage_sets_its_own_key_and_needle_options(tmp_path):
+    """Stage.repeated_digit_share / needle_boundary_share override the data options in that stage only (None =
+    the data config's); a stage set to 0 draws the very batches of a run with the options off."""
+    config = _config(tmp_path)
+    config.data.repeated_digit_share, config.data.needle_boundary_share = 1.0, 0.5
+    config.curriculum.stage_0.repeated_digit_share = 0.0
+    config.curriculum.stage_0.needle_boundary_share = 0.0
+    trainer, plain = Trainer(config), Trainer(_config(tmp_path / "plain"))  # plain: the options off, same seeds
+    assert (trainer.stages[0].repeated_digit_share, trainer.stages[1].repeated_digit_share) == (0.0, None)
+    for _ in range(3):
+        got, want = trainer.make_batch(trainer.stages[0]), plain.make_batch(plain.stages[0])
+        assert got.keys() == want.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert _has_adjacent_repeat(_answer_keys(trainer, trainer.make_batch(trainer.stages[1]))).all()  # data's 1.0
+    plain_keys = np.concatenate([_answer_keys(plain, plain.make_batch(plain.stages[1])) for _ in range(4)])
+    assert not _has_adjacent_repeat(plain_keys).all()
+    with pytest.raises(ValueError, match="needle_boundary_share"):
+        Stage("s", SEQ, 4, 1.0, needle_boundary_share=1.5)
+    config.curriculum.stage_1.repeated_digit_share = 1.0
+    config.data.num_digits = 1
+    with pytest.raises(ValueError, match="repeated_digit_share"):
+        Trainer(config)  # a one-digit key has no pair to repeat
 
 
 def test_short_rows_mixed_into_a_stage(tmp_path):
