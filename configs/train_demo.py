@@ -4,6 +4,7 @@
     python main.py --config=configs/train_demo.py --config.workdir=outputs/train_demo          # GPU, ~11 min
     python main.py --config=configs/train_demo.py:r256 --config.workdir=outputs/train_r256     # the L2 recipe
     python main.py --config=configs/train_demo.py:short_rows --config.workdir=outputs/short    # not yet run
+    python main.py --config=configs/train_demo.py:late_options --config.workdir=outputs/late   # sixth session
     python main.py --config=configs/train_demo.py:cpu_smoke --config.workdir=/tmp/train_smoke   # CPU, seconds
 
 It reproduces the shipped demo model (infini_jax/assets/demo_model, run B2: seed 2, data_seed 3; on one H200
@@ -12,7 +13,9 @@ at 1K and 90.6% at 2K, nearly every miss the second digit written again in third
 seconds of training, so another GPU takes another number of steps. It is not seed-robust: seeds 0 / 1 give
 99.4 / 93.8 / 98.1 / 98.4 / 98.7% at 8K..1M and 22/22 at 16M; seeds 1 / 2 fail (about 70% at 8K-32K, CPU check).
 The ``r256`` variant is the previous demo model's recipe (L2: virtual length up to 256, uniform needle places
-and keys): 99.7-100% at 32K-1M on all three seeds, but 9-32% at 16M. docs/training.md has every run.
+and keys): 99.7-100% at 32K-1M on all three seeds, but 9-32% at 16M. The ``late_options`` variant (both data
+options only in the last stage) did better on seeds 0 / 1 (P0: 99.7 / 99.0 / 100% at 32K / 128K / 1M, 22/22 at 16M)
+and 1 / 2 (91-97%) and far worse on seed 2 (52-71%): no recipe is seed-robust yet. docs/training.md has every run.
 
 Model: byte-level demo tokenizer (260 ids, vocab padded to 384), 4 layers, hidden 256, 4 heads x 64, SwiGLU 768,
 segments of 256 tokens, gate sigmoid(beta) with beta = 0 at init, memory_query "rotated" (nanotron's numerics).
