@@ -21,7 +21,7 @@ from configs.train_common import stage
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.haystack import CLASSIC_HAYSTACK, DEFAULT_HAYSTACK
 from infini_jax.data.prompts import PASSKEY_NEEDLE, build_passkey_prompt
-from infini_jax.train import Trainer, build_model
+from infini_jax.train import Trainer, build_model, closing_far_accuracy
 from infini_jax.train_data import PasskeyBatcher, TextStream, generated_haystack
 from infini_jax.train_optim import OptimSettings, make_optimizer
 from infini_jax.train_schedule import Curriculum, Stage, lr_factor
@@ -485,12 +485,24 @@ def test_resume_gives_the_identical_next_step_loss(reference_run, tmp_path):
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 25))
 
 
+def test_closing_far_accuracy_averages_the_logged_intervals_of_the_last_steps():
+    records = [{"event": "stage", "step": 0}] + [
+        {"step": step, "loss": 1.0, "far_accuracy": acc} for step, acc in
+        [(400, 0.1), (500, 0.5), (600, None), (700, 0.7), (1000, 0.9)]]
+    assert closing_far_accuracy(records, 1000) == pytest.approx((0.7 + 0.9) / 2)  # steps 501..1000; None skipped
+    assert closing_far_accuracy(records, 1000, window_steps=601) == pytest.approx((0.1 + 0.5 + 0.7 + 0.9) / 4)
+    assert closing_far_accuracy(records[:4], 1000) is None  # no far needle logged in the window (text data)
+
+
 def test_export_loads_with_load_model(reference_run):
     from infini_jax.api import load_model
 
     out = reference_run.export()
     card = json.loads((out / "model_card.json").read_text())
     assert card["trained"] is True and card["steps"] == 24
+    # Log every step: the far-needle accuracy over the last 500 steps is the mean of the 24 logged intervals.
+    logged = [r["far_accuracy"] for r in reference_run.history if "loss" in r and r["far_accuracy"] is not None]
+    assert len(logged) >= 12 and card["far_accuracy_last_500_steps"] == pytest.approx(np.mean(logged))
     assert json.loads((out / "training_config.json").read_text())["trained"] is True
     loaded = load_model(out, dtype="float32")
     for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)),
