@@ -65,12 +65,12 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 MODEL_CARD_FILE = "model_card.json"
 TRAINING_CONFIG_FILE = "training_config.json"
-# ModelConfig fields that may be changed when fine-tuning a checkpoint (numerics, not architecture).
 # Far-needle training accuracy over the last CLOSING_WINDOW_STEPS steps below which a run is flagged: every demo-recipe
 # run that ended below it failed at long contexts, every one above it held >= 97% at 32K-1M (docs/training.md,
 # sixth session: 8 runs). A warning for the user, never an error.
 CLOSING_WINDOW_STEPS = 500
 CLOSING_FAR_ACCURACY_WARNING = 0.99
+# ModelConfig fields that may be changed when fine-tuning a checkpoint (numerics, not architecture).
 NUMERIC_FIELDS = ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl",
                   "memory_precision")
 

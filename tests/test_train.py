@@ -6,6 +6,7 @@ Tiny and CPU-only: every trainer here shares one batch shape, so the train step 
 from __future__ import annotations
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -204,10 +205,10 @@ def test_a_stage_sets_its_own_key_and_needle_options(tmp_path):
     assert not _has_adjacent_repeat(plain_keys).all()
     with pytest.raises(ValueError, match="needle_boundary_share"):
         Stage("s", SEQ, 4, 1.0, needle_boundary_share=1.5)
-    config.curriculum.stage_1.repeated_digit_share = 1.0
+    config.data.repeated_digit_share, config.curriculum.stage_1.repeated_digit_share = 0.0, 1.0
     config.data.num_digits = 1
     with pytest.raises(ValueError, match="repeated_digit_share"):
-        Trainer(config)  # a one-digit key has no pair to repeat
+        Trainer(config)  # the stage's share: a one-digit key has no pair to repeat
 
 
 def test_short_rows_mixed_into_a_stage(tmp_path):
@@ -492,6 +493,17 @@ def test_closing_far_accuracy_averages_the_logged_intervals_of_the_last_steps():
     assert closing_far_accuracy(records, 1000) == pytest.approx((0.7 + 0.9) / 2)  # steps 501..1000; None skipped
     assert closing_far_accuracy(records, 1000, window_steps=601) == pytest.approx((0.1 + 0.5 + 0.7 + 0.9) / 4)
     assert closing_far_accuracy(records[:4], 1000) is None  # no far needle logged in the window (text data)
+
+
+def test_run_warns_when_the_closing_far_accuracy_is_low(tmp_path, caplog):
+    """A few steps of a tiny model leave far needles unanswered: the job says so and returns the figure."""
+    from infini_jax.train import run
+
+    config = _config(tmp_path, total_steps=4)
+    with caplog.at_level(logging.WARNING):
+        out = run(config)
+    assert out["closing_far_accuracy"] is not None and out["closing_far_accuracy"] < 0.99
+    assert any("Far-needle training accuracy over the last 500 steps" in r.getMessage() for r in caplog.records)
 
 
 def test_export_loads_with_load_model(reference_run):
