@@ -14,8 +14,9 @@ seconds of training, so another GPU takes another number of steps. It is not see
 99.4 / 93.8 / 98.1 / 98.4 / 98.7% at 8K..1M and 22/22 at 16M; seeds 1 / 2 fail (about 70% at 8K-32K, CPU check).
 The ``r256`` variant is the previous demo model's recipe (L2: virtual length up to 256, uniform needle places
 and keys): 99.7-100% at 32K-1M on all three seeds, but 9-32% at 16M. The ``late_options`` variant (both data
-options only in the last stage) did better on seeds 0 / 1 (P0: 99.7 / 99.0 / 100% at 32K / 128K / 1M, 22/22 at 16M)
-and 1 / 2 (91-97%) and far worse on seed 2 (52-71%): no recipe is seed-robust yet. docs/training.md has every run.
+options only in the last stage; one run per seed) scored better on seeds 0 / 1 (P0: 99.7 / 99.0 / 100% at 32K /
+128K / 1M, 22/22 at 16M) and 1 / 2 (90-97% at 8K-1M) and far worse on seed 2 (52-71%): no recipe is seed-robust
+yet. docs/training.md has every run.
 
 Model: byte-level demo tokenizer (260 ids, vocab padded to 384), 4 layers, hidden 256, 4 heads x 64, SwiGLU 768,
 segments of 256 tokens, gate sigmoid(beta) with beta = 0 at init, memory_query "rotated" (nanotron's numerics).
