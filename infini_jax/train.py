@@ -423,20 +423,25 @@ class Trainer:
                      self.curriculum.stage.name, self.clock.elapsed)
         return True
 
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, record) of every readable line of metrics.jsonl (a line cut short by a crash is skipped)."""
+        path = self.workdir / METRICS_FILE
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                continue
+        return out
+
     def _truncate_metrics(self, step: int) -> None:
         """Drops metric lines written after ``step`` by an interrupted run (they are recomputed)."""
         path = self.workdir / METRICS_FILE
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if int(rec.get("step", 0)) <= step:
-                keep.append(line)
-        path.write_text("".join(x + "\n" for x in keep))
+        if path.is_file():
+            keep = [line for line, rec in self._metric_lines() if int(rec.get("step", 0)) <= step]
+            path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
 
     # ------------------------------------------------------------------ metrics
     def _flush_pending(self) -> None:
@@ -555,16 +560,7 @@ class Trainer:
     def closing_far_accuracy(self) -> float | None:
         """Far-needle training accuracy over the run's last CLOSING_WINDOW_STEPS steps, from metrics.jsonl (so a
         resumed run counts the steps logged before it resumed)."""
-        path = self.workdir / METRICS_FILE
-        if not path.exists():
-            return None
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return closing_far_accuracy(records, self.step)
+        return closing_far_accuracy([rec for _, rec in self._metric_lines()], self.step)
 
     def export(self) -> Path:
         """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true)."""
