@@ -14,8 +14,8 @@ from ml_collections import config_dict
 
 def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early_needle: float = 0.0,
           virtual_length_max: float = 1.0, advance_min_accuracy: float = 0.0,
-          max_share: float | None = None, short_share: float = 0.0, short_seq_len: int = 0,
-          short_batch_size: int = 0, repeated_digit_share: float | None = None,
+          max_share: float | None = None, advance_window_steps: int = 0, short_share: float = 0.0,
+          short_seq_len: int = 0, short_batch_size: int = 0, repeated_digit_share: float | None = None,
           needle_boundary_share: float | None = None) -> ml_collections.ConfigDict:
     """One curriculum stage (``infini_jax.train_schedule.Stage``)."""
     s = ml_collections.ConfigDict()
@@ -28,6 +28,8 @@ def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early
     s.advance_min_accuracy = advance_min_accuracy  # far-needle train accuracy needed to leave the stage; 0 = none
     # Safeguard of the gate: leave after this fraction of the budget even if the gate is closed (None: never).
     s.max_share = config_dict.placeholder(float) if max_share is None else max_share
+    # The gate averages the far-needle accuracy of the intervals logged in this many last steps (0: the last one).
+    s.advance_window_steps = advance_window_steps
     # Short rows mixed in: this fraction of the stage's steps trains on short_batch_size x short_seq_len rows
     # with no virtual length (r = 1) instead (two compiled shapes). 0 = off.
     s.short_share = short_share
@@ -51,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_only = False
     c.seed = 0  # parameter initialisation
     c.data_seed = 1  # training data (pass keys, haystack offsets, needle depths, virtual lengths)
+    # XLA's deterministic GPU kernels (--xla_gpu_deterministic_ops): without them two GPU runs of one config and
+    # seeds diverge within ~100 steps and can end far apart (docs/training.md, seventh session). No effect on CPU.
+    c.deterministic = False
     c.init_std = 0.02  # N(0, std) init; o_proj / down_proj get std / sqrt(2 * num_layers) (nanotron RandomInit)
     # Start from a checkpoint instead of a random model: nanotron step dir, converted dir or HF Llama folder.
     # Its architecture is kept; only the numerics of `model` (dtype, param_dtype, memory_dtype, memory_query,

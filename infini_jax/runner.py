@@ -50,6 +50,26 @@ def quiet_library_logs() -> None:
         handler.addFilter(_QuietOrbax())
 
 
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def request_deterministic_gpu_ops(config) -> bool:
+    """With ``config.deterministic``, adds XLA's deterministic-GPU-kernels flag to ``XLA_FLAGS`` (no effect on CPU,
+    where runs are already reproducible). XLA reads the flag when the backend starts, so this must run before any
+    device is touched (``run`` calls it first). Returns whether the flag is set."""
+    if not config.get("deterministic", False):
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_XLA_FLAG.split("=")[0] not in flags:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            raise RuntimeError("config.deterministic must be applied before JAX starts its backend: set "
+                               f"XLA_FLAGS={DETERMINISTIC_XLA_FLAG} in the environment instead.")
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
+    return True
+
+
 def log_devices() -> None:
     devices = jax.devices()
     logging.info("JAX %s, process %d/%d, %d device(s) (%d local): %s", jax.__version__, jax.process_index(),
@@ -63,6 +83,7 @@ def run(config) -> dict:
     if job not in JOBS:
         raise ValueError(f"Unknown job {job!r}: use one of {JOBS} (--config.job=...).")
     quiet_library_logs()
+    request_deterministic_gpu_ops(config)
     init_distributed(config)
     log_devices()
     if job == "eval":

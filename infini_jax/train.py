@@ -485,7 +485,7 @@ class Trainer:
             "gate_max": g.max(axis=1).round(5).tolist(),
         }
         self._write(rec)
-        self.curriculum.record_accuracy(rec["far_accuracy"])
+        self.curriculum.record_accuracy(rec["far_accuracy"], self.step)
         far = "n/a" if rec["far_accuracy"] is None else f"{rec['far_accuracy']:.3f}"
         logging.info("step %d [%s] loss %.4f (lm %.4f answer %.4f copy %.4f) far-acc %s digit-acc %s lr %.2e "
                      "bf-lr %.2e gnorm %.3f %.0f tok/s gates(mean/layer) %s", self.step, rec["stage"], rec["loss"],

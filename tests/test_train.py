@@ -5,8 +5,10 @@ Tiny and CPU-only: every trainer here shares one batch shape, so the train step 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -363,6 +365,34 @@ def test_curriculum_advances_on_its_accuracy_gate():
     assert restored.index == 1 and restored.start_progress == pytest.approx(0.7)
 
 
+def test_a_windowed_gate_averages_the_recent_intervals_and_a_lucky_one_does_not_open_it():
+    """The seventh session's G runs passed a 0.97 gate on one lucky 25-step interval while averaging 0.85-0.94;
+    ``advance_window_steps`` makes the gate compare the mean of the intervals logged in the last N steps."""
+    stages = [Stage("a", 768, 8, 0.5, advance_min_accuracy=0.9, max_share=0.9, advance_window_steps=100),
+              Stage("b", 2048, 4, 0.5)]
+    single = Curriculum([dataclasses.replace(stages[0], advance_window_steps=0), stages[1]])
+    windowed = Curriculum(stages)
+    for step, acc in ((25, 0.5), (50, 0.8), (75, 0.85), (100, 0.8), (125, 0.95)):
+        single.record_accuracy(acc, step)
+        windowed.record_accuracy(acc, step)
+    assert single.update(0.6, 125)["reason"] == "gate passed"  # the last interval alone: 0.95
+    # The window (25, 125] holds 0.8, 0.85, 0.8, 0.95: mean 0.85 < 0.9; the interval at step 25 has left it.
+    assert windowed.gate_accuracy() == pytest.approx(0.85)
+    assert windowed.update(0.6, 125) is None
+    windowed.record_accuracy(None, 150)  # no far needle: nothing recorded
+    restored = Curriculum(stages)  # the window survives a checkpoint
+    restored.load_state_dict(json.loads(json.dumps(windowed.state_dict())))
+    for cur in (windowed, restored):
+        for step, acc in ((150, 0.95), (175, 0.96), (200, 0.97)):
+            cur.record_accuracy(acc, step)
+        assert cur.gate_accuracy() == pytest.approx((0.95 + 0.95 + 0.96 + 0.97) / 4)  # steps (100, 200]
+        event = cur.update(0.65, 200)
+        assert event["reason"] == "gate passed" and event["far_accuracy"] == pytest.approx(0.9575)
+        assert cur.recent == [] and cur.gate_accuracy() is None  # the next stage starts afresh
+    with pytest.raises(ValueError, match="advance_window_steps"):
+        Stage("a", 768, 8, 0.5, advance_window_steps=-1)
+
+
 # ----------------------------------------------------------------------------- optimizer
 def _tiny_model(seed=0):
     """The trainers' model (shared eager initialisers), with non-zero balance factors so that their
@@ -645,3 +675,27 @@ def test_eval_only_evaluates_an_exported_model_without_training(reference_run, t
     config.init_from = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="nothing to evaluate"):
         run(config)
+
+
+def test_deterministic_asks_xla_for_deterministic_gpu_kernels_before_the_backend_starts(monkeypatch):
+    """``config.deterministic`` adds --xla_gpu_deterministic_ops=true to XLA_FLAGS (on an H200 it made two runs'
+    losses identical at a 1.9x lower training throughput); once JAX's backend has started it cannot apply, and
+    says so instead of silently training non-deterministically."""
+    from jax._src import xla_bridge
+
+    from infini_jax import runner
+
+    cfg = common_config()
+    assert cfg.deterministic is False
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert runner.request_deterministic_gpu_ops(cfg) is False
+    cfg.deterministic = True
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    assert runner.request_deterministic_gpu_ops(cfg) is True
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true"
+    assert runner.request_deterministic_gpu_ops(cfg) is True  # already set: not added twice
+    assert os.environ["XLA_FLAGS"].count("deterministic") == 1
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="before JAX starts"):
+        runner.request_deterministic_gpu_ops(cfg)
