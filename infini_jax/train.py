@@ -650,8 +650,9 @@ def run(config) -> dict[str, Any]:
     closing = trainer.closing_far_accuracy()
     if closing is not None and closing < CLOSING_FAR_ACCURACY_WARNING:
         logging.warning("Far-needle training accuracy over the last %d steps is %.3f, below %.2f: the demo-recipe runs "
-                        "that ended so failed at long contexts (docs/training.md, sixth session). Read this model's "
-                        "evaluation before using it; another seed may do better.", CLOSING_WINDOW_STEPS, closing,
+                        "that ended so failed at long contexts (docs/training.md, sixth and seventh sessions). Read "
+                        "this model's evaluation before using it; a re-run may do better (on a GPU even with the same "
+                        "seeds: its kernels are not bit-reproducible).", CLOSING_WINDOW_STEPS, closing,
                         CLOSING_FAR_ACCURACY_WARNING)
     elif closing is not None:
         logging.info("Far-needle training accuracy over the last %d steps: %.3f", CLOSING_WINDOW_STEPS, closing)
