@@ -54,7 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0  # parameter initialisation
     c.data_seed = 1  # training data (pass keys, haystack offsets, needle depths, virtual lengths)
     # XLA's deterministic GPU kernels (--xla_gpu_deterministic_ops): without them two GPU runs of one config and
-    # seeds diverge within ~100 steps and can end far apart (docs/training.md, seventh session). No effect on CPU.
+    # seeds diverge within ~100 steps and can end far apart (docs/training.md, seventh session). Reproducible runs
+    # need a step budget too (total_steps). No effect on CPU.
     c.deterministic = False
     c.init_std = 0.02  # N(0, std) init; o_proj / down_proj get std / sqrt(2 * num_layers) (nanotron RandomInit)
     # Start from a checkpoint instead of a random model: nanotron step dir, converted dir or HF Llama folder.

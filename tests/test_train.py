@@ -366,7 +366,7 @@ def test_curriculum_advances_on_its_accuracy_gate():
 
 
 def test_a_windowed_gate_averages_the_recent_intervals_and_a_lucky_one_does_not_open_it():
-    """The seventh session's G runs passed a 0.97 gate on one lucky 25-step interval while averaging 0.85-0.94;
+    """The seventh session's G runs passed a 0.97 gate on one lucky 25-step interval while averaging 0.89-0.95;
     ``advance_window_steps`` makes the gate compare the mean of the intervals logged in the last N steps."""
     stages = [Stage("a", 768, 8, 0.5, advance_min_accuracy=0.9, max_share=0.9, advance_window_steps=100),
               Stage("b", 2048, 4, 0.5)]
