@@ -24,9 +24,10 @@ from configs.train_common import stage
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.haystack import CLASSIC_HAYSTACK, DEFAULT_HAYSTACK
 from infini_jax.data.prompts import PASSKEY_NEEDLE, build_passkey_prompt
-from infini_jax.train import Trainer, build_model, closing_far_accuracy
+from infini_jax.train import Trainer, build_model
 from infini_jax.train_data import PasskeyBatcher, TextStream, generated_haystack
 from infini_jax.train_optim import OptimSettings, make_optimizer
+from infini_jax.train_report import closing_far_accuracy
 from infini_jax.train_schedule import Curriculum, Stage, lr_factor
 
 SEG = 64
