@@ -56,17 +56,22 @@ DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 def request_deterministic_gpu_ops(config) -> bool:
     """With ``config.deterministic``, adds XLA's deterministic-GPU-kernels flag to ``XLA_FLAGS`` (no effect on CPU,
     where runs are already reproducible). XLA reads the flag when the backend starts, so this must run before any
-    device is touched (``run`` calls it first). Returns whether the flag is set."""
+    device is touched (``run`` calls it first); a flag already set to another value is overridden (XLA keeps the
+    last). Returns whether the flag is set."""
     if not config.get("deterministic", False):
         return False
-    flags = os.environ.get("XLA_FLAGS", "")
-    if DETERMINISTIC_XLA_FLAG.split("=")[0] not in flags:
-        from jax._src import xla_bridge
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    name = DETERMINISTIC_XLA_FLAG.split("=")[0]
+    values = [f.partition("=")[2].lower() for f in flags if f.partition("=")[0] == name]
+    if values and values[-1] in ("true", "1", ""):
+        return True
+    from jax._src import xla_bridge
 
-        if xla_bridge.backends_are_initialized():
-            raise RuntimeError("config.deterministic must be applied before JAX starts its backend: set "
-                               f"XLA_FLAGS={DETERMINISTIC_XLA_FLAG} in the environment instead.")
-        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)
+    if started():
+        raise RuntimeError("config.deterministic must be applied before JAX starts its backend: add "
+                           f"{DETERMINISTIC_XLA_FLAG} to XLA_FLAGS in the environment instead.")
+    os.environ["XLA_FLAGS"] = " ".join([*flags, DETERMINISTIC_XLA_FLAG])
     return True
 
 

@@ -227,6 +227,11 @@ class Trainer:
             raise ValueError("Set a training budget: config.total_steps > 0 or config.total_seconds > 0.")
         self.log_every = max(1, int(_cfg_get(config, "log_every", 25)))
         self.save_every = int(_cfg_get(config, "save_every", 0) or 0)
+        if self.save_every % self.log_every:
+            # A checkpoint between two log lines would lose the partial interval's metrics on resume, so the resumed
+            # run's next line (and the accuracy gate that reads it) would differ from an uninterrupted run's.
+            raise ValueError(f"config.save_every={self.save_every} must be a multiple of config.log_every="
+                             f"{self.log_every} (or 0): checkpoints are taken at log lines.")
 
         self.tokenizer = load_tokenizer_for(config)
         model = build_model(config)
@@ -428,10 +433,12 @@ class Trainer:
         return read_metric_lines(self.workdir / METRICS_FILE)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drops metric lines written after ``step`` by an interrupted run (they are recomputed)."""
+        """Drops metric lines written after the checkpoint at ``step`` by an interrupted run (they are recomputed):
+        lines of later steps, and events of this step (a stage change at ``step`` is logged after its checkpoint)."""
         path = self.workdir / METRICS_FILE
         if path.is_file():
-            keep = [line for line, rec in self._metric_lines() if int(rec.get("step", 0)) <= step]
+            keep = [line for line, rec in self._metric_lines()
+                    if int(rec.get("step", 0)) < step or (int(rec.get("step", 0)) == step and "event" not in rec)]
             path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
 
     # ------------------------------------------------------------------ metrics

@@ -1,4 +1,4 @@
-"""What finished training runs say, side by side: their training logs and their evaluations (no JAX).
+"""What finished training runs say, side by side: their training logs and their evaluations (uses no JAX).
 
 A run's outcome on a GPU is a draw (docs/training.md, seventh session: the same config and seeds trained twice gave
 52-71% and then 97-99%), so recipes are compared by counting the runs that meet a target. For each run this reads
@@ -88,8 +88,8 @@ def exact_match_by_length(results: Iterable[str | os.PathLike]) -> dict[int, tup
     pooled: dict[int, list[int]] = {}
     for record in read_results(list(results)):
         if "context_length" not in record or "exact" not in record:
-            raise ValueError(f"Result record {record.get('id')!r} lacks context_length / exact: pass the results "
-                             "of a passkey evaluation (results.jsonl of the training job's eval/ or main.py).")
+            raise ValueError(f"Result record {record.get('id')!r} lacks context_length / exact: pass the results of "
+                             "a training job's evaluation (its eval/, or an --config.eval_only workdir's).")
         counts = pooled.setdefault(int(record["context_length"]), [0, 0])
         counts[0] += bool(record["exact"])
         counts[1] += 1
@@ -105,7 +105,7 @@ def target_shortfalls(by_length: Mapping[int, tuple[int, int]], target: Mapping[
             continue
         ok, n = by_length[length]
         if ok < need * n - 1e-9:
-            out.append(f"{_short(length)}: {ok}/{n} = {ok / n:.1%} < {need:.0%}")
+            out.append(f"{_short(length)}: {ok}/{n} = {ok / n:.1%} < {_percent(need)}")
     return out
 
 
@@ -168,8 +168,13 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         cells.append("met" if r["meets_target"] else "missed: " + "; ".join(r["shortfalls"]))
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\n{summary['runs_meeting_target']} of {summary['num_runs']} runs meet the target "
-                f"({', '.join(f'{_short(int(k))} >= {v:.0%}' for k, v in summary['target'].items())}).")
+                f"({', '.join(f'{_short(int(k))} >= {_percent(v)}' for k, v in summary['target'].items())}).")
     return "\n".join(rows)
+
+
+def _percent(fraction: float) -> str:
+    """0.99 -> '99%', 0.995 -> '99.5%'."""
+    return f"{fraction * 100:.6g}%"
 
 
 def _short(length: int) -> str:

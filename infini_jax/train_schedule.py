@@ -94,6 +94,10 @@ class Stage:
         if self.advance_window_steps < 0:
             raise ValueError(f"Stage {self.name!r}: advance_window_steps must be >= 0 (0 = the last log interval), "
                              f"got {self.advance_window_steps}.")
+        if self.advance_window_steps and self.advance_min_accuracy <= 0:
+            raise ValueError(f"Stage {self.name!r}: advance_window_steps={self.advance_window_steps} averages the "
+                             "accuracy of a gate, but the stage has none: set advance_min_accuracy > 0 or the window "
+                             "to 0.")
         if self.max_share is not None and self.max_share < self.share:
             raise ValueError(f"Stage {self.name!r}: max_share {self.max_share} is below share {self.share}.")
 
@@ -145,14 +149,16 @@ class Curriculum:
         cap = self.stage.max_share
         return 1.0 if cap is None else self.start_progress + cap
 
-    def record_accuracy(self, far_accuracy: float | None, step: int = 0) -> None:
+    def record_accuracy(self, far_accuracy: float | None, step: int) -> None:
         """The far-needle training accuracy of the log interval ending at ``step`` (None when the interval had no
-        far needle)."""
+        far needle: the last measurement stands, and the window still moves on)."""
+        window = self.stage.advance_window_steps
+        if window > 0:
+            self.recent = [(s, a) for s, a in self.recent if s > step - window]
         if far_accuracy is not None:
             self.last_accuracy = float(far_accuracy)
-            window = self.stage.advance_window_steps
             if window > 0:
-                self.recent = [(s, a) for s, a in self.recent if s > step - window] + [(int(step), float(far_accuracy))]
+                self.recent.append((int(step), float(far_accuracy)))
 
     def gate_accuracy(self) -> float | None:
         """What the gate compares with ``advance_min_accuracy``: the last interval's far-needle accuracy, or the

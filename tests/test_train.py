@@ -342,11 +342,11 @@ def test_curriculum_advances_on_its_accuracy_gate():
     cur = Curriculum(stages)
     assert cur.update(0.49, 10) is None
     assert cur.update(0.55, 11) is None  # planned share used, but no accuracy measured yet
-    cur.record_accuracy(0.3)
+    cur.record_accuracy(0.3, 11)
     assert cur.update(0.6, 12) is None  # gate closed
-    cur.record_accuracy(None)  # an interval without far needles keeps the last measurement
+    cur.record_accuracy(None, 12)  # an interval without far needles keeps the last measurement
     assert cur.update(0.61, 13) is None
-    cur.record_accuracy(0.55)
+    cur.record_accuracy(0.55, 13)
     event = cur.update(0.62, 14)
     assert event["from"] == "a" and event["to"] == "b" and event["reason"] == "gate passed"
     # The later stages share what is left in their planned proportions: b ends at .62 + .15/.5 * .38.
@@ -356,7 +356,7 @@ def test_curriculum_advances_on_its_accuracy_gate():
     assert cur.update(0.99, 30) is None  # the last stage runs to the end
 
     never = Curriculum(stages)
-    never.record_accuracy(0.1)
+    never.record_accuracy(0.1, 4)
     assert never.update(0.65, 5) is None
     event = never.update(0.7, 6)  # the safeguard: max_share used
     assert event["to"] == "b" and "safeguard" in event["reason"]
@@ -380,7 +380,8 @@ def test_a_windowed_gate_averages_the_recent_intervals_and_a_lucky_one_does_not_
     # The window (25, 125] holds 0.8, 0.85, 0.8, 0.95: mean 0.85 < 0.9; the interval at step 25 has left it.
     assert windowed.gate_accuracy() == pytest.approx(0.85)
     assert windowed.update(0.6, 125) is None
-    windowed.record_accuracy(None, 150)  # no far needle: nothing recorded
+    windowed.record_accuracy(None, 150)  # no far needle: nothing recorded, the window moves on (drops 50)
+    assert windowed.recent == [(75, 0.85), (100, 0.8), (125, 0.95)]
     restored = Curriculum(stages)  # the window survives a checkpoint
     restored.load_state_dict(json.loads(json.dumps(windowed.state_dict())))
     for cur in (windowed, restored):
@@ -391,7 +392,9 @@ def test_a_windowed_gate_averages_the_recent_intervals_and_a_lucky_one_does_not_
         assert event["reason"] == "gate passed" and event["far_accuracy"] == pytest.approx(0.9575)
         assert cur.recent == [] and cur.gate_accuracy() is None  # the next stage starts afresh
     with pytest.raises(ValueError, match="advance_window_steps"):
-        Stage("a", 768, 8, 0.5, advance_window_steps=-1)
+        Stage("a", 768, 8, 0.5, advance_min_accuracy=0.9, advance_window_steps=-1)
+    with pytest.raises(ValueError, match="set advance_min_accuracy > 0"):
+        Stage("a", 768, 8, 0.5, advance_window_steps=100)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -515,6 +518,23 @@ def test_resume_gives_the_identical_next_step_loss(reference_run, tmp_path):
     # metrics.jsonl keeps each step once: the lines of the lost steps were dropped on resume.
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 25))
+
+
+def test_a_resume_at_a_stage_change_logs_the_change_once(reference_run, tmp_path):
+    """The stage change at step 12 is logged after the checkpoint at step 12: a run resumed from there drops that
+    line and logs it again, once. Checkpoints between log lines are refused (the resumed interval would differ)."""
+    config = _config(tmp_path)
+    Trainer(config).train(stop_at_step=14, save_at_end=False)  # checkpoint at 12, then the change, then a crash
+    resumed = Trainer(config)
+    assert resumed.restore() and resumed.step == 12
+    resumed.train()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["to"]) for r in lines if r.get("event") == "stage"] == [(0, "early"), (12, "virtual")]
+    ref, got = _losses(reference_run.history), _losses(resumed.history)
+    assert all(got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-6) for step in got)
+    config.log_every, config.save_every = 3, 4
+    with pytest.raises(ValueError, match="multiple of config.log_every"):
+        Trainer(config)
 
 
 def test_closing_far_accuracy_averages_the_logged_intervals_of_the_last_steps():
@@ -696,6 +716,9 @@ def test_deterministic_asks_xla_for_deterministic_gpu_kernels_before_the_backend
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true"
     assert runner.request_deterministic_gpu_ops(cfg) is True  # already set: not added twice
     assert os.environ["XLA_FLAGS"].count("deterministic") == 1
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # the user's own value: overridden
+    assert runner.request_deterministic_gpu_ops(cfg) is True
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false --xla_gpu_deterministic_ops=true"
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="before JAX starts"):

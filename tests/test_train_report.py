@@ -53,8 +53,8 @@ def test_training_log_summary_reads_the_figures_of_a_metrics_file(tmp_path):
     assert s["first_step_far_accuracy_ge_0.5"] == 75 and s["first_step_far_accuracy_ge_0.9"] == 100
     assert s["stage_0_far_accuracy_last_50_steps"] == pytest.approx((0.6 + 0.95) / 2)  # steps 75, 100
     assert s["far_accuracy_last_75_steps"] == pytest.approx((1.0 + 0.98) / 2)  # 175 has no far needle
+    _write_run(tmp_path / "text", [], exit_step=0)
     with pytest.raises(ValueError, match="no logged training interval"):
-        _write_run(tmp_path / "text", [], exit_step=0)
         training_log_summary(tmp_path / "text" / "metrics.jsonl")
 
 
@@ -69,6 +69,7 @@ def test_exact_match_is_pooled_over_evaluations_and_checked_against_the_target(t
     assert target_shortfalls({32768: (305, 308)}, {32768: 0.99}) == []  # 305 >= 0.99 x 308 = 304.9
     assert target_shortfalls({32768: (304, 308)}, {32768: 0.99}) == ["32K: 304/308 = 98.7% < 99%"]
     assert target_shortfalls({16777216: (41, 44)}, {16777216: 0.95}) == ["16M: 41/44 = 93.2% < 95%"]
+    assert target_shortfalls({32768: (306, 308)}, {32768: 0.995}) == ["32K: 306/308 = 99.4% < 99.5%"]
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "results.jsonl").write_text(json.dumps({"id": "x", "answer": "1"}) + "\n")
     with pytest.raises(ValueError, match="lacks context_length"):
@@ -86,19 +87,28 @@ def test_the_script_tables_the_runs_and_counts_those_meeting_the_target(tmp_path
     far = [(25 * i, 0.99) for i in range(1, 9)]
     _write_run(tmp_path / "good", far, exit_step=100)
     _write_results(tmp_path / "good" / "eval", 32768, 308, 308)  # the training job's own eval/
+    _write_results(tmp_path / "good_16M" / "eval", 16777216, 22, 22)  # an eval_only workdir
     _write_run(tmp_path / "bad", far, exit_step=100)
-    _write_results(tmp_path / "bad_eval" / "eval", 32768, 290, 308)  # an eval_only workdir
+    _write_results(tmp_path / "bad_eval" / "eval", 32768, 290, 308)
     out_json = tmp_path / "summary.json"
-    summary = training_runs.main([f"good={tmp_path / 'good'}", f"bad={tmp_path / 'bad'},{tmp_path / 'bad_eval'}",
-                                  "--target", "32768:0.99", "--json", str(out_json)])
+    good = f"good={tmp_path / 'good'},{tmp_path / 'good_16M'},{tmp_path / 'good' / 'eval' / 'results.jsonl'}"
+    summary = training_runs.main([good, f"bad={tmp_path / 'bad'},{tmp_path / 'bad_eval'}",
+                                  "--target", "32768:0.99,16777216:0.95", "--json", str(out_json)])
     printed = capsys.readouterr().out
-    assert "| good | 200 | 100 (0.990) | 25 |" in printed and "| met |" in printed
-    assert "missed: 32K: 290/308 = 94.2% < 99%" in printed
-    assert "1 of 2 runs meet the target (32K >= 99%)." in printed
+    # The workdir's own eval/ is pooled with the extra evaluation, and a file given twice counts once.
+    assert "| good | 200 | 100 (0.990) | 25 | 0.990 | 0.990 | 100.0% (308/308) | 100.0% (22/22) | met |" in printed
+    assert "missed: 32K: 290/308 = 94.2% < 99%; 16M: not evaluated" in printed
+    assert "1 of 2 runs meet the target (32K >= 99%, 16M >= 95%)." in printed
     assert json.loads(out_json.read_text()) == summary and summary["runs_meeting_target"] == 1
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         training_runs.main([f"x={tmp_path / 'bad_eval'}"])
     with pytest.raises(SystemExit, match="Bad run"):
         training_runs.main([str(tmp_path / "good")])
+    with pytest.raises(SystemExit, match="no evaluation results there"):
+        training_runs.main([f"good={tmp_path / 'good'},{tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="names must differ"):
+        training_runs.main([f"a={tmp_path / 'good'}", f"a={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit, match="Bad target entry"):
+        training_runs.main([f"a={tmp_path / 'good'}", "--target", "32K:0.99"])
     assert summarize_runs([("none", tmp_path / "good", [])], {32768: 0.99})["runs"][0]["shortfalls"] == [
         "32K: not evaluated"]
