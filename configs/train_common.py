@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.total_steps = 0  # > 0: a step budget (deterministic, exactly resumable); 0: use total_seconds
     c.total_seconds = 360.0  # time budget (training seconds; compilation, checkpoints and logs not counted)
     c.log_every = 25  # steps per metrics.jsonl line
-    c.save_every = 500  # steps between checkpoints (and one at the end); 0 = only at the end
+    c.save_every = 500  # steps between checkpoints (and one at the end), a multiple of log_every; 0 = only at the end
     c.max_to_keep = 3  # checkpoints kept in workdir/checkpoints
 
     # ------------------------------------------------------------------ optimizer (AdamW, two groups)
