@@ -155,10 +155,10 @@ class Curriculum:
         window = self.stage.advance_window_steps
         if window > 0:
             self.recent = [(s, a) for s, a in self.recent if s > step - window]
+            if far_accuracy is not None:
+                self.recent.append((int(step), float(far_accuracy)))
         if far_accuracy is not None:
             self.last_accuracy = float(far_accuracy)
-            if window > 0:
-                self.recent.append((int(step), float(far_accuracy)))
 
     def gate_accuracy(self) -> float | None:
         """What the gate compares with ``advance_min_accuracy``: the last interval's far-needle accuracy, or the
