@@ -1,4 +1,4 @@
-"""Teacher-forced answers of prompts whose answer opens a fresh segment, with optional question write weights.
+"""Teacher-forced answers of prompts whose answer opens a fresh segment, with optional write weights.
 
 A prompt of exactly k x segment_length tokens makes the generated answer open a new segment; a model must then
 continue the key from its compressive memory alone. This script appends each key to such prompts (the training
@@ -6,17 +6,22 @@ evaluation's layout, classic and held-out varied haystacks) and runs one forward
 exact under teacher forcing exactly when greedy decoding writes it (every earlier digit is then right too). With
 ``--question_weights 1,4,16`` the question's memory writes are also counted 4x / 16x (``write_weight``), which
 tests whether a model's errors depend on how strongly the question sits in the memory. With
+``--haystack_weights 1,128,2048`` the haystack's memory writes count r times, as the training's virtual length
+(``virtual_length_scope="haystack"``) counts them: an 8K prompt at r = 128 stands for a 1M-token one, so the
+rates at r can be set beside the real long prompts' (the training's simulation against the real thing). With
 ``--repeated_digit_share 0.5`` half of the keys get a pair of equal adjacent digits (``55996``), and the rates are
 also split between keys with and without such a pair::
 
     python scripts/aligned_answer_check.py --model infini_jax/assets/demo_model --lengths 2048,8192
 
-Prints per (length, weight) the exact-match rate and the wrong answers (key, teacher-forced prediction). CPU, fp32.
+Prints per (length, weights) the exact-match rate, per haystack too, and the wrong answers (key, teacher-forced
+prediction). CPU, fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +35,23 @@ from infini_jax.train_eval import evaluation_batcher
 
 
 def teacher_forced_answers(forward, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
-                           source: int, question_weight: float = 1.0) -> list[str]:
+                           source: int, question_weight: float = 1.0, haystack_weight: float = 1.0) -> list[str]:
     """The argmax predictions of each key's digits for prompts of ``length`` tokens followed by the key.
+
+    ``question_weight`` / ``haystack_weight``: how many times the question's / the haystack's (every token
+    between the intro and the question but the needle's) memory writes count.
 
     forward: ``(ids [B, S], write_weight [B, S]) -> logits [B, S, V]`` (e.g. a jitted model call).
     Returns one string of D predicted digits per key ("?" for a non-digit token)."""
-    ids, _ = batcher.eval_prompts(keys, length, depth, source)
+    ids, needle_start = batcher.eval_prompts(keys, length, depth, source)
     d = batcher.num_digits
     answer = batcher.digit_ids[np.asarray([[int(c) for c in k] for k in keys])]
     full = np.concatenate([ids, answer], axis=1)  # [B, S + D]
     weight = np.ones(full.shape, np.float32)
+    t = np.arange(full.shape[1])[None, :]
+    in_needle = (t >= needle_start[:, None]) & (t < needle_start[:, None] + batcher.needle_len)
+    haystack = (t >= len(batcher.prefix)) & (t < length - len(batcher.question)) & ~in_needle
+    weight[haystack] = haystack_weight
     weight[:, length - len(batcher.question):length] = question_weight
     logits = forward(jnp.asarray(full), jnp.asarray(weight))
     pred = np.asarray(jnp.argmax(logits[:, length - 1:length + d - 1], axis=-1))  # [B, D]: digit i from position
@@ -67,6 +79,7 @@ def main(argv=None):
     p.add_argument("--depths", default="10,30,50,70,90")
     p.add_argument("--keys_per_cell", type=int, default=2, help="keys per (depth, haystack)")
     p.add_argument("--question_weights", default="1")
+    p.add_argument("--haystack_weights", default="1", help="virtual lengths r: the haystack's writes count r times")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeated_digit_share", type=float, default=0.0,
                    help="fraction of keys given a pair of equal adjacent digits (0: uniform keys)")
@@ -80,21 +93,25 @@ def main(argv=None):
     for length in [int(x) for x in args.lengths.split(",")]:
         if length % seg:
             raise ValueError(f"--lengths: {length} is not a multiple of the segment length {seg}.")
-        for qw in [float(x) for x in args.question_weights.split(",")]:
+        for qw, hw in itertools.product([float(x) for x in args.question_weights.split(",")],
+                                        [float(x) for x in args.haystack_weights.split(",")]):
             rng = np.random.default_rng(args.seed)
-            pairs = []
-            for source in range(len(batcher.sources)):
+            pairs, by_haystack = [], {}
+            for source, name in enumerate(s.name for s in batcher.sources):
                 for depth in [float(x) for x in args.depths.split(",")]:
                     drawn = batcher.draw_keys(rng, args.keys_per_cell, args.repeated_digit_share)
                     keys = ["".join(map(str, k)) for k in drawn]
-                    pairs += zip(keys, teacher_forced_answers(forward, batcher, keys, length, depth, source, qw),
-                                 strict=True)
+                    got = list(zip(keys, teacher_forced_answers(forward, batcher, keys, length, depth, source, qw, hw),
+                                   strict=True))
+                    pairs += got
+                    by_haystack.setdefault(name, []).extend(got)
             wrong = [(k, g) for k, g in pairs if k != g]
             repeated = [pr for pr in pairs if has_adjacent_repeat(pr[0])]
             other = [pr for pr in pairs if not has_adjacent_repeat(pr[0])]
-            print(f"{length:>9} tokens, question weight {qw:g}: exact {exact_rate(pairs)}; keys with a repeated "
-                  f"adjacent digit {exact_rate(repeated)}, without {exact_rate(other)}; wrong: {wrong[:8]}",
-                  flush=True)
+            per_haystack = ", ".join(f"{name} {exact_rate(got)}" for name, got in by_haystack.items())
+            print(f"{length:>9} tokens, question weight {qw:g}, haystack weight {hw:g}: exact {exact_rate(pairs)} "
+                  f"({per_haystack}); keys with a repeated adjacent digit {exact_rate(repeated)}, without "
+                  f"{exact_rate(other)}; wrong: {wrong[:8]}", flush=True)
 
 
 if __name__ == "__main__":

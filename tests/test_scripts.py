@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -57,6 +58,36 @@ def test_aligned_answer_check_matches_greedy_generation():
     assert len(heavier) == 3 and all(len(h) == 5 for h in heavier)
 
 
+def test_aligned_answer_check_weighs_the_haystack_writes_only():
+    """--haystack_weights: r on every haystack token's write, 1 on the intro, needle, question and answer."""
+    from aligned_answer_check import teacher_forced_answers
+
+    from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+    from infini_jax.data.tokenizer import load_tokenizer
+    from infini_jax.train_data import PasskeyBatcher, haystack_text
+
+    batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=256, num_digits=5,
+                             haystacks={"classic": haystack_text("classic")})
+    keys, length, seen = ["48213", "90517"], 1024, {}
+
+    def forward(ids, w):
+        seen["ids"], seen["w"] = np.asarray(ids), np.asarray(w)
+        return jnp.zeros(ids.shape + (384,), jnp.float32)
+
+    teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=4.0, haystack_weight=128.0)
+    w, ids = seen["w"], seen["ids"]
+    _, needle_start = batcher.eval_prompts(keys, length, 50.0, 0)
+    n_prefix, n_question = len(batcher.prefix), len(batcher.question)
+    for row, start in zip(w, needle_start, strict=True):
+        assert (row[:n_prefix] == 1).all() and (row[length:] == 1).all()  # intro, answer
+        assert (row[start:start + batcher.needle_len] == 1).all()  # needle
+        assert (row[length - n_question:length] == 4).all()  # question
+        hay = np.ones(len(row), bool)
+        hay[:n_prefix], hay[length - n_question:], hay[start:start + batcher.needle_len] = False, False, False
+        assert (row[hay] == 128).all() and (row[~hay] != 128).all()
+    assert ids.shape == (2, length + 5)
+
+
 def test_aligned_answer_check_splits_keys_with_a_repeated_digit(capsys):
     from aligned_answer_check import exact_rate, has_adjacent_repeat, main
 
@@ -66,7 +97,8 @@ def test_aligned_answer_check_splits_keys_with_a_repeated_digit(capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     # 2 keys x 2 haystacks, every one with a repeated pair (share 1): none in the "without" group.
     assert "512 tokens" in line and "exact " in line and "without - (0)" in line, line
-    assert "adjacent digit " in line and "(4);" in line.split("without")[0], line
+    assert "adjacent digit " in line and "(4), without" in line, line
+    assert "haystack weight 1:" in line and "(classic " in line and "varied " in line, line  # per haystack too
 
 
 def test_needle_position_sweep_places_and_boundary_split(capsys):
