@@ -180,4 +180,19 @@ def get_config() -> ml_collections.ConfigDict:
     e.batch_size = 16
     e.prefill_chunk_tokens = 65536  # stream long prompts in chunks (multiple of segment_length); 0 = whole
     c.eval = e
+
+    # ------------------------------------------------------------------ virtual-length probe (train_probe.py)
+    # After training (and with eval_only): teacher-forced exact match on aligned prompts (the answer opens a fresh
+    # segment) of the evaluation's held-out haystacks, the haystack's memory writes counted r times. Seconds on a
+    # GPU; a cheap stand-in for the 1M / 16M evaluation (docs/training.md, eighth session). Passkey models only.
+    p = ml_collections.ConfigDict()
+    p.enabled = False
+    p.context_length = 8192  # a multiple of the segment length
+    p.virtual_lengths = (128.0, 2048.0)  # at 8K: 1M and 16M tokens simulated
+    p.depths = tuple(range(0, 101, 10))
+    p.keys_per_cell = 4  # per (depth, haystack): 88 prompts per r
+    p.seed = 4321  # keys (another stream than eval.seed's)
+    p.varied_seed = config_dict.placeholder(int)  # held-out generated text; None: eval.varied_seed
+    p.min_exact_match = 0.99  # below: a warning
+    c.probe = p
     return c

@@ -64,6 +64,7 @@ def get_config(variant: str = ""):
     c.eval.prefill_chunk_tokens = 65536
     c.save_every = 500
     c.log_every = 25
+    c.probe.enabled = True  # added after the shipped model was trained (eighth session); it changes no training
 
     if variant == "r256":
         # The previous demo model's recipe (L2, 2026-11-29): virtual length up to 256, uniform needle places and keys.
@@ -105,6 +106,10 @@ def get_config(variant: str = ""):
         c.eval.num_samples = 1
         c.eval.batch_size = 2
         c.eval.prefill_chunk_tokens = 0
+        c.probe.context_length = 512
+        c.probe.virtual_lengths = (16.0,)
+        c.probe.depths = (0, 100)
+        c.probe.keys_per_cell = 1
     elif variant:
         raise ValueError(f"Unknown variant {variant!r} of train_demo: use '', 'r256', 'short_rows', 'late_options' or "
                          "'cpu_smoke'.")

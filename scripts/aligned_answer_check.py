@@ -23,40 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from infini_jax import load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
-from infini_jax.train_data import PasskeyBatcher
 from infini_jax.train_eval import evaluation_batcher
-
-
-def teacher_forced_answers(forward, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
-                           source: int, question_weight: float = 1.0, haystack_weight: float = 1.0) -> list[str]:
-    """The argmax predictions of each key's digits for prompts of ``length`` tokens followed by the key.
-
-    ``question_weight`` / ``haystack_weight``: how many times the question's / the haystack's (every token
-    between the intro and the question but the needle's) memory writes count.
-
-    forward: ``(ids [B, S], write_weight [B, S]) -> logits [B, S, V]`` (e.g. a jitted model call).
-    Returns one string of D predicted digits per key ("?" for a non-digit token)."""
-    ids, needle_start = batcher.eval_prompts(keys, length, depth, source)
-    d = batcher.num_digits
-    answer = batcher.digit_ids[np.asarray([[int(c) for c in k] for k in keys])]
-    full = np.concatenate([ids, answer], axis=1)  # [B, S + D]
-    weight = np.ones(full.shape, np.float32)
-    t = np.arange(full.shape[1])[None, :]
-    in_needle = (t >= needle_start[:, None]) & (t < needle_start[:, None] + batcher.needle_len)
-    haystack = (t >= len(batcher.prefix)) & (t < length - len(batcher.question)) & ~in_needle
-    weight[haystack] = haystack_weight
-    weight[:, length - len(batcher.question):length] = question_weight
-    logits = forward(jnp.asarray(full), jnp.asarray(weight))
-    pred = np.asarray(jnp.argmax(logits[:, length - 1:length + d - 1], axis=-1))  # [B, D]: digit i from position
-    inverse = {int(t): str(i) for i, t in enumerate(batcher.digit_ids)}
-    return ["".join(inverse.get(int(t), "?") for t in row) for row in pred]
+from infini_jax.train_probe import jitted_forward, teacher_forced_answers
 
 
 def has_adjacent_repeat(key: str) -> bool:
@@ -88,7 +61,7 @@ def main(argv=None):
     seg = model.cfg.segment_length
     tok = load_tokenizer(args.tokenizer)
     batcher = evaluation_batcher(tok, seg)
-    forward = jax.jit(lambda ids, w: model(ids, write_weight=w))  # compiled once per (batch, length)
+    forward = jitted_forward(model)  # compiled once per (batch, length)
 
     for length in [int(x) for x in args.lengths.split(",")]:
         if length % seg:

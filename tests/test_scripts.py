@@ -35,12 +35,11 @@ def test_needle_share_is_a_fraction_of_the_normaliser():
 
 
 def test_aligned_answer_check_matches_greedy_generation():
-    from aligned_answer_check import teacher_forced_answers
-
     from infini_jax import GenerationConfig, Generator, load_model
     from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
     from infini_jax.data.tokenizer import load_tokenizer
     from infini_jax.train_data import PasskeyBatcher, haystack_text
+    from infini_jax.train_probe import teacher_forced_answers
 
     demo = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
     model = load_model(demo, dtype="float32")
@@ -60,11 +59,10 @@ def test_aligned_answer_check_matches_greedy_generation():
 
 def test_aligned_answer_check_weighs_the_haystack_writes_only():
     """--haystack_weights: r on every haystack token's write, 1 on the intro, needle, question and answer."""
-    from aligned_answer_check import teacher_forced_answers
-
     from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
     from infini_jax.data.tokenizer import load_tokenizer
     from infini_jax.train_data import PasskeyBatcher, haystack_text
+    from infini_jax.train_probe import teacher_forced_answers
 
     batcher = PasskeyBatcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), segment_length=256, num_digits=5,
                              haystacks={"classic": haystack_text("classic")})

@@ -551,10 +551,18 @@ def test_run_warns_when_the_closing_far_accuracy_is_low(tmp_path, caplog):
     from infini_jax.train import run
 
     config = _config(tmp_path, total_steps=4)
+    config.probe.enabled = True  # and the virtual-length probe: it fails too, and says so
+    config.probe.context_length, config.probe.virtual_lengths = SEQ, (1.0, 64.0)
+    config.probe.depths, config.probe.keys_per_cell = (0, 100), 1
     with caplog.at_level(logging.WARNING):
         out = run(config)
     assert out["closing_far_accuracy"] is not None and out["closing_far_accuracy"] < 0.99
     assert any("Far-needle training accuracy over the last 500 steps" in r.getMessage() for r in caplog.records)
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe == json.loads(json.dumps(out["probe"])) and sorted(probe["by_virtual_length"]) == ["1", "64"]
+    assert all(v["num_samples"] == 4 for v in probe["by_virtual_length"].values())  # 2 depths x 2 haystacks
+    assert probe["min_exact_match"] < 0.99
+    assert any("Virtual-length probe" in r.getMessage() and "below 0.99" in r.getMessage() for r in caplog.records)
 
 
 def test_export_loads_with_load_model(reference_run):
@@ -692,6 +700,13 @@ def test_eval_only_evaluates_an_exported_model_without_training(reference_run, t
     config.eval.enabled = False
     with pytest.raises(ValueError, match="nothing to do"):
         run(config)
+    config.probe.enabled = True  # the probe alone is something to do
+    config.probe.context_length, config.probe.virtual_lengths = SEQ, (16.0,)
+    config.probe.depths, config.probe.keys_per_cell = (50,), 1
+    probed = run(config)
+    assert probed["eval"] is None and probed["probe"]["by_virtual_length"]["16"]["num_samples"] == 2
+    assert (tmp_path / "eval_only" / "probe.json").is_file()
+    config.probe.enabled = False
     config.eval.enabled = True
     config.init_from = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="nothing to evaluate"):

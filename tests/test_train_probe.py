@@ -1,0 +1,57 @@
+"""infini_jax/train_probe.py: the virtual-length probe (teacher-forced answers that open a fresh segment, the
+haystack's memory writes counted r times)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infini_jax import load_model, random_model
+from infini_jax.config import ModelConfig
+from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
+from infini_jax.data.tokenizer import load_tokenizer
+from infini_jax.train_eval import evaluation_batcher
+from infini_jax.train_probe import jitted_forward, virtual_length_probe
+
+DEMO = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
+
+
+@pytest.fixture(scope="module")
+def batcher():
+    return evaluation_batcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), 256)  # classic + held-out varied text
+
+
+def test_the_shipped_model_passes_the_probe_and_a_random_one_fails(batcher):
+    """The shipped model answers 100% at 1M tokens on the H200; simulated at 4K x r = 128 (512K) it answers every
+    probe prompt too, on both haystacks. A random model answers none."""
+    settings = dict(context_length=4096, virtual_lengths=(1, 128), depths=(10, 90), keys_per_cell=2, seed=7)
+    shipped = virtual_length_probe(jitted_forward(load_model(DEMO, dtype="float32")), batcher, **settings)
+    assert shipped["context_length"] == 4096 and sorted(shipped["by_virtual_length"]) == ["1", "128"]
+    for r in ("1", "128"):
+        got = shipped["by_virtual_length"][r]
+        assert got["num_samples"] == 8 and got["by_haystack"] == {"classic": 1.0, "varied": 1.0}, (r, got)
+        assert got["exact_match"] == 1.0 and got["wrong"] == []
+    assert shipped["min_exact_match"] == 1.0
+
+    cfg = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                      num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
+    noise = virtual_length_probe(jitted_forward(random_model(cfg, seed=0)), batcher, **settings)
+    rates = [v["exact_match"] for v in noise["by_virtual_length"].values()]
+    assert max(rates) < 0.5 and noise["min_exact_match"] == min(rates)
+    keys = [k for k, _ in noise["by_virtual_length"]["1"]["wrong"]]  # the same keys for every r
+    assert keys == [k for k, _ in noise["by_virtual_length"]["128"]["wrong"]] and len(keys) == 8
+
+
+def test_the_probe_refuses_prompts_whose_answer_does_not_open_a_segment(batcher):
+    forward = jitted_forward(load_model(DEMO, dtype="float32"))
+    with pytest.raises(ValueError, match="not a multiple of the segment length 256"):
+        virtual_length_probe(forward, batcher, context_length=4000, virtual_lengths=(1,), depths=(50,),
+                             keys_per_cell=1, seed=0)
+    short_segments = evaluation_batcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), 64)
+    with pytest.raises(ValueError, match="too short"):  # 192 tokens: the template alone takes 255
+        virtual_length_probe(forward, short_segments, context_length=192, virtual_lengths=(1,), depths=(50,),
+                             keys_per_cell=1, seed=0)
+    with pytest.raises(ValueError, match="below 1"):
+        virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=(0.5,), depths=(50,),
+                             keys_per_cell=1, seed=0)
