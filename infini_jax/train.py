@@ -59,7 +59,7 @@ from infini_jax.train_data import (
 )
 from infini_jax.train_eval import run_eval
 from infini_jax.train_optim import OptimSettings, make_optimizer
-from infini_jax.train_probe import run_probe
+from infini_jax.train_probe import Probe, probe_enabled, run_probe
 from infini_jax.train_report import CLOSING_WINDOW_STEPS, closing_far_accuracy, read_metric_lines
 from infini_jax.train_schedule import Curriculum, Stage, stages_from_config
 
@@ -242,6 +242,12 @@ class Trainer:
 
         check_vocab(self.tokenizer, model.cfg.vocab_size)
         self.model_cfg = model.cfg
+        # The virtual-length probe (train_probe.py): built now, so that a bad probe config fails before training.
+        self.probe = Probe(config, self.tokenizer, model.cfg.segment_length) if probe_enabled(config) else None
+        self.probe_every = int(_cfg_get(config.probe, "every_steps", 0) or 0) if self.probe else 0
+        if self.probe_every % self.log_every:
+            raise ValueError(f"config.probe.every_steps={self.probe_every} must be a multiple of config.log_every="
+                             f"{self.log_every} (or 0: only after training).")
         self._build_data()
         self.mesh = self._make_mesh()
         optimizer = make_optimizer(model, self.optim)
@@ -499,6 +505,25 @@ class Trainer:
         self._interval_start = time.perf_counter()
         return rec
 
+    def log_probe(self) -> dict[str, Any] | None:
+        """Runs the virtual-length probe on the current weights (outside the training clock and tokens/s) and logs
+        ``{"step", "probe_exact_match": {r: rate}, "probe_min_exact_match"}`` to metrics.jsonl. Single-process
+        runs only (the probe runs on one device)."""
+        if jax.process_count() > 1:
+            return None
+        t0 = time.perf_counter()
+        model = self.model() if self.mesh is None else _to_one_device(self.model())
+        result = self.probe(model)
+        rec = {"step": self.step, "stage": self.curriculum.stage.name,
+               "probe_exact_match": {r: v["exact_match"] for r, v in result["by_virtual_length"].items()},
+               "probe_min_exact_match": result["min_exact_match"]}
+        self._write(rec)
+        seconds = time.perf_counter() - t0
+        self._interval_start += seconds  # the next interval's tokens/s leaves the probe out
+        logging.info("step %d probe (%d tokens, haystack writes x r): exact match %s (%.1fs)", self.step,
+                     result["context_length"], {r: round(v, 3) for r, v in rec["probe_exact_match"].items()}, seconds)
+        return rec
+
     # ------------------------------------------------------------------ loop
     def train(self, stop_at_step: int | None = None, save_at_end: bool = True) -> None:
         """Trains until the budget is used, or until ``stop_at_step`` (tests: ``save_at_end=False`` then
@@ -550,6 +575,8 @@ class Trainer:
             if self.step % self.log_every == 0:
                 self.clock.pause()
                 self.log_interval(lr)
+                if self.probe_every and self.step % self.probe_every == 0:
+                    self.log_probe()
             if self.save_every and self.step % self.save_every == 0:
                 self.save()
         self.clock.pause()
@@ -660,7 +687,7 @@ def run(config) -> dict[str, Any]:
         out["model_dir"] = str(trainer.export())
         model = trainer.model()
         model = model if trainer.mesh is None else _to_one_device(model)
-        out["probe"] = run_probe(config, model, trainer.tokenizer, trainer.workdir)
+        out["probe"] = run_probe(config, model, trainer.tokenizer, trainer.workdir, probe=trainer.probe)
         out["eval"] = run_eval(config, model, trainer.tokenizer, trainer.workdir,
                                model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen})
     return out

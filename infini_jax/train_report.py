@@ -9,6 +9,7 @@ A run's outcome on a GPU is a draw (docs/training.md, seventh session: the same 
   training job warns on);
 * any number of evaluation ``results.jsonl`` files (the training job's ``eval/``, or ``--config.eval_only`` runs
   at other lengths or eval seeds), pooled per context length;
+* the virtual-length probe's exact match per r (``probe.json`` of the workdir or of an evaluation directory);
 
 and checks the pooled exact match against a target (default: the demo model's, >= 99% at 32K, 128K and 1M tokens
 and >= 95% at 16M). ``scripts/training_runs.py`` is the command line.
@@ -127,16 +128,32 @@ def parse_target(text: str) -> dict[int, float]:
     return target
 
 
+def probe_rates(paths: Iterable[str | os.PathLike]) -> dict[str, float] | None:
+    """{virtual length r: exact match} of the first ``probe.json`` (the virtual-length probe,
+    ``infini_jax.train_probe``) found beside these workdirs or results: in a directory, in a results file's
+    directory, or in the run directory above an ``eval/`` one. None when there is none."""
+    for path in map(Path, paths):
+        base = path.parent if path.is_file() else path
+        for folder in (base, base.parent) if base.name == "eval" else (base,):
+            probe = folder / "probe.json"
+            if probe.is_file():
+                result = json.loads(probe.read_text(encoding="utf-8"))
+                return {r: float(v["exact_match"]) for r, v in result["by_virtual_length"].items()}
+    return None
+
+
 def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | os.PathLike]]],
                    target: Mapping[int, float] = DEMO_TARGET) -> dict[str, Any]:
     """``runs``: (name, training workdir, evaluation results files or directories). Returns per run its log
-    summary, pooled exact match per length and target shortfalls, and how many runs met the target."""
+    summary, its virtual-length probe (``probe.json`` of the workdir or of an evaluation directory), pooled exact
+    match per length and target shortfalls, and how many runs met the target."""
     out = []
     for name, workdir, results in runs:
         summary = training_log_summary(Path(workdir) / "metrics.jsonl")
         by_length = exact_match_by_length(results) if results else {}
         short = target_shortfalls(by_length, target)
         out.append({"name": name, "workdir": str(workdir), **summary,
+                    "probe_exact_match": probe_rates([workdir, *results]),
                     "exact_match_by_context_length": {str(k): {"exact": ok, "of": n, "exact_match": ok / n}
                                                       for k, (ok, n) in by_length.items()},
                     "meets_target": not short, "shortfalls": short})
@@ -154,7 +171,9 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     def fmt(x):
         return "-" if x is None else f"{x:.3f}"
 
+    probed = any(r.get("probe_exact_match") for r in runs)
     head = ["run", "steps", "stage 0 exit", "first >= 0.5", "stage 0 mean", "closing"]
+    head += ["probe"] if probed else []
     head += [_short(n) for n in lengths] + ["target"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
@@ -162,6 +181,9 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         cells = [r["name"], str(r["steps"]),
                  f"{exit0['step']} ({fmt(exit0['far_accuracy'])})" if exit0 else "-",
                  str(r["first_step_far_accuracy_ge_0.5"] or "-"), fmt(r.get(stage_key)), fmt(r.get(closing_key))]
+        if probed:
+            rates = r.get("probe_exact_match") or {}
+            cells.append(", ".join(f"r {k}: {v:.3f}" for k, v in rates.items()) or "-")
         for n in lengths:
             e = r["exact_match_by_context_length"].get(str(n))
             cells.append("-" if e is None else f"{e['exact_match']:.1%} ({e['exact']}/{e['of']})")

@@ -100,6 +100,13 @@ def test_the_script_tables_the_runs_and_counts_those_meeting_the_target(tmp_path
     assert "missed: 32K: 290/308 = 94.2% < 99%; 16M: not evaluated" in printed
     assert "1 of 2 runs meet the target (32K >= 99%, 16M >= 95%)." in printed
     assert json.loads(out_json.read_text()) == summary and summary["runs_meeting_target"] == 1
+    # A probe.json (the training job's, or an eval_only run's) adds a column.
+    probe = {"by_virtual_length": {"128": {"exact_match": 0.852, "num_samples": 88}}}
+    (tmp_path / "bad_eval" / "probe.json").write_text(json.dumps(probe))
+    training_runs.main([good, f"bad={tmp_path / 'bad'},{tmp_path / 'bad_eval'}"])
+    printed = capsys.readouterr().out
+    assert "| closing | probe | 32K |" in printed and "| 0.990 | r 128: 0.852 | 94.2% (290/308) |" in printed
+    assert "| 0.990 | - | 100.0% (308/308) |" in printed  # good has none
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         training_runs.main([f"x={tmp_path / 'bad_eval'}"])
     with pytest.raises(SystemExit, match="Bad run"):
