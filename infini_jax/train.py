@@ -510,6 +510,9 @@ class Trainer:
         ``{"step", "probe_exact_match": {r: rate}, "probe_min_exact_match"}`` to metrics.jsonl. Single-process
         runs only (the probe runs on one device)."""
         if jax.process_count() > 1:
+            if self.step == self.probe_every:
+                logging.warning("probe.every_steps: the probe during training runs in single-process jobs only; "
+                                "this %d-process job probes after training.", jax.process_count())
             return None
         t0 = time.perf_counter()
         model = self.model() if self.mesh is None else _to_one_device(self.model())

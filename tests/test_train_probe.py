@@ -52,6 +52,9 @@ def test_the_probe_refuses_prompts_whose_answer_does_not_open_a_segment(batcher)
     with pytest.raises(ValueError, match="too short"):  # 192 tokens: the template alone takes 255
         virtual_length_probe(forward, short_segments, context_length=192, virtual_lengths=(1,), depths=(50,),
                              keys_per_cell=1, seed=0)
+    with pytest.raises(ValueError, match="needs depths and keys"):
+        virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=(1,), depths=(),
+                             keys_per_cell=1, seed=0)
     with pytest.raises(ValueError, match="below 1"):
         virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=(0.5,), depths=(50,),
                              keys_per_cell=1, seed=0)
