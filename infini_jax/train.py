@@ -630,9 +630,8 @@ def evaluate_only(config) -> dict[str, Any]:
     from infini_jax.api import load_model
     from infini_jax.data.tokenizer import check_vocab
 
-    ev, probe = _cfg_get(config, "eval"), _cfg_get(config, "probe")
-    eval_on = ev is not None and bool(_cfg_get(ev, "enabled", True))
-    if not eval_on and not (probe is not None and bool(_cfg_get(probe, "enabled", False))):
+    ev = _cfg_get(config, "eval")
+    if (ev is None or not bool(_cfg_get(ev, "enabled", True))) and not probe_enabled(config):
         raise ValueError("eval_only=True with eval.enabled=False and probe.enabled=False has nothing to do: enable "
                          "config.eval or config.probe.")
     workdir = Path(config.workdir).absolute()

@@ -8,7 +8,8 @@ exact under teacher forcing exactly when greedy decoding writes it (every earlie
 tests whether a model's errors depend on how strongly the question sits in the memory. With
 ``--haystack_weights 1,128,2048`` the haystack's memory writes count r times, as the training's virtual length
 (``virtual_length_scope="haystack"``) counts them: an 8K prompt at r = 128 stands for a 1M-token one, so the
-rates at r can be set beside the real long prompts' (the training's simulation against the real thing). With
+rates at r can be set beside the real long prompts' (the training's simulation against the real thing; at 8K with
+``--haystack_weights 128 --keys_per_cell 4`` and depths 0-100 this is the training job's probe, ``train_probe``). With
 ``--repeated_digit_share 0.5`` half of the keys get a pair of equal adjacent digits (``55996``), and the rates are
 also split between keys with and without such a pair::
 
