@@ -244,10 +244,14 @@ class Trainer:
         self.model_cfg = model.cfg
         # The virtual-length probe (train_probe.py): built now, so that a bad probe config fails before training.
         self.probe = Probe(config, self.tokenizer, model.cfg.segment_length) if probe_enabled(config) else None
-        self.probe_every = int(_cfg_get(config.probe, "every_steps", 0) or 0) if self.probe else 0
-        if self.probe_every % self.log_every:
+        probe_cfg = _cfg_get(config, "probe")
+        self.probe_every = int(_cfg_get(probe_cfg, "every_steps", 0) or 0) if probe_cfg is not None else 0
+        if self.probe_every and not self.probe:
+            raise ValueError(f"config.probe.every_steps={self.probe_every} needs config.probe.enabled=True.")
+        if self.probe_every < 0 or self.probe_every % self.log_every:
             raise ValueError(f"config.probe.every_steps={self.probe_every} must be a multiple of config.log_every="
                              f"{self.log_every} (or 0: only after training).")
+        self._probe_warned = False
         self._build_data()
         self.mesh = self._make_mesh()
         optimizer = make_optimizer(model, self.optim)
@@ -510,9 +514,10 @@ class Trainer:
         ``{"step", "probe_exact_match": {r: rate}, "probe_min_exact_match"}`` to metrics.jsonl. Single-process
         runs only (the probe runs on one device)."""
         if jax.process_count() > 1:
-            if self.step == self.probe_every:
+            if not self._probe_warned:
                 logging.warning("probe.every_steps: the probe during training runs in single-process jobs only; "
                                 "this %d-process job probes after training.", jax.process_count())
+                self._probe_warned = True
             return None
         t0 = time.perf_counter()
         model = self.model() if self.mesh is None else _to_one_device(self.model())
@@ -640,7 +645,7 @@ def evaluate_only(config) -> dict[str, Any]:
         raise FileNotFoundError(f"eval_only: nothing to evaluate at {source}. Set --config.init_from=<model dir> "
                                 "or point --config.workdir at a finished training run (it exports workdir/model).")
     if jax.process_index() != 0:  # as after training: one process evaluates (the model fits one device)
-        return {"workdir": str(workdir), "model_dir": str(source), "eval": None}
+        return {"workdir": str(workdir), "model_dir": str(source), "probe": None, "eval": None}
     model_fields = _to_plain(config.model)
     overrides = {}
     if model_fields.get("segment_length"):

@@ -14,8 +14,8 @@ over short virtual lengths, and it did not tell apart the demo runs that met the
 some that failed (docs/training.md, eighth session: W1 ended at 0.996 and answered 62.7% at 1M). On the fourteen
 GPU-trained demo models of sessions five to eight (CPU, fp32, the default settings) every model below 98% at
 r = 128 had missed the targets (9 of 9); of the 5 at or above it, 3 had met them and 2 reached 97-99% at
-32K-1M. Necessary, not sufficient: 88 prompts cannot resolve 99%. It costs one forward pass of
-``haystacks x depths x keys_per_cell`` rows (88 by default) per r.
+32K-1M. Necessary, not sufficient: 88 prompts cannot resolve 99%. Per r it runs ``haystacks x depths`` forward
+calls of ``keys_per_cell`` rows (22 x 4 by default), each returning the full logits [rows, tokens, vocab].
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def check_probe_length(batcher: PasskeyBatcher, context_length: int) -> int:
     if length % seg:
         raise ValueError(f"probe.context_length={length} is not a multiple of the segment length {seg}: the probe "
                          f"measures answers that open a fresh segment. Use e.g. {max(1, length // seg) * seg}.")
-    batcher.haystack_tokens(length, with_answer=False)  # raises when the template does not fit
+    if length <= batcher.fixed_tokens(with_answer=False):
+        raise ValueError(f"probe.context_length={length} is too short: the prompt template alone takes "
+                         f"{batcher.fixed_tokens(with_answer=False)} tokens. Use a longer multiple of {seg}.")
     return length
 
 
@@ -115,12 +117,13 @@ def virtual_length_probe(forward: Callable, batcher: PasskeyBatcher, *, context_
     length = check_probe_length(batcher, context_length)
     names = [s.name for s in batcher.sources]
     depths = [float(x) for x in depths]
-    if not depths or int(keys_per_cell) < 1:
-        raise ValueError(f"The probe needs depths and keys: got probe.depths={depths}, probe.keys_per_cell="
-                         f"{keys_per_cell}.")
+    virtual_lengths = [float(x) for x in virtual_lengths]
+    if not depths or int(keys_per_cell) < 1 or not virtual_lengths:
+        raise ValueError(f"The probe needs depths, keys and virtual lengths: got probe.depths={depths}, "
+                         f"probe.keys_per_cell={keys_per_cell}, probe.virtual_lengths={virtual_lengths}.")
     out: dict[str, Any] = {"context_length": length, "depths": depths, "keys_per_cell": int(keys_per_cell),
                            "seed": int(seed), "haystacks": names, "by_virtual_length": {}}
-    for r in [float(x) for x in virtual_lengths]:
+    for r in virtual_lengths:
         if r < 1:
             raise ValueError(f"probe.virtual_lengths: {r} is below 1 (r = 1 is the plain prompt).")
         rng = np.random.default_rng(int(seed))
@@ -148,20 +151,24 @@ class Probe:
         from infini_jax.train_eval import evaluation_batcher
 
         pr, ev, d = _get(config, "probe"), _get(config, "eval"), config.data
+        varied_seed = _get(pr, "varied_seed", None)
+        self.varied_seed = int(_get(ev, "varied_seed", 12345) if varied_seed is None else varied_seed)
         self.batcher = evaluation_batcher(
             tokenizer, segment_length, num_digits=int(_get(d, "num_digits", 5)),
             haystack_names=list(_get(ev, "haystacks", ("classic", "varied"))),
-            varied_haystack=str(_get(d, "varied_haystack", "generated")),
-            varied_seed=int(_get(pr, "varied_seed", None) or _get(ev, "varied_seed", 12345)))
+            varied_haystack=str(_get(d, "varied_haystack", "generated")), varied_seed=self.varied_seed)
         self.settings = dict(context_length=check_probe_length(self.batcher, int(_get(pr, "context_length", 8192))),
                              virtual_lengths=tuple(float(r) for r in _get(pr, "virtual_lengths", (128.0,))),
                              depths=tuple(_get(pr, "depths", tuple(range(0, 101, 10)))),
                              keys_per_cell=int(_get(pr, "keys_per_cell", 4)), seed=int(_get(pr, "seed", 0)))
         self.min_exact_match = float(_get(pr, "min_exact_match", 0.98))
+        if not 0 <= self.min_exact_match <= 1:
+            raise ValueError(f"probe.min_exact_match={self.min_exact_match} must lie in [0, 1] (a rate).")
         self._forward = CompiledForward()
 
     def __call__(self, model: InfiniLlama) -> dict[str, Any]:
         result = virtual_length_probe(self._forward(model), self.batcher, **self.settings)
+        result["varied_seed"] = self.varied_seed
         result["min_exact_match_wanted"] = self.min_exact_match
         return result
 

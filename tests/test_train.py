@@ -588,9 +588,41 @@ def test_the_probe_runs_during_training_outside_the_clock_and_survives_a_resume(
     config.probe.every_steps = 3
     with pytest.raises(ValueError, match="every_steps=3 must be a multiple of config.log_every=2"):
         Trainer(config)
+    config.probe.every_steps = -4
+    with pytest.raises(ValueError, match="every_steps=-4 must be a multiple"):
+        Trainer(config)
+    config.probe.enabled, config.probe.every_steps = False, 4
+    with pytest.raises(ValueError, match="needs config.probe.enabled=True"):
+        Trainer(config)
+    config.probe.enabled = True
     config.probe.every_steps, config.probe.context_length = 4, SEQ + 1
     with pytest.raises(ValueError, match="not a multiple of the segment length"):
         Trainer(config)
+
+
+def test_the_probe_during_training_stays_off_the_clock_and_compiles_once(tmp_path):
+    """A slow probe (2 s a call) adds nothing to train_seconds; its forward is compiled once for all calls."""
+    import time as _time
+
+    config = _config(tmp_path, total_steps=8)
+    config.log_every, config.save_every = 4, 0
+    config.probe.enabled, config.probe.every_steps = True, 4
+    config.probe.context_length, config.probe.virtual_lengths = SEQ, (16.0,)
+    config.probe.depths, config.probe.keys_per_cell = (50,), 1
+    trainer = Trainer(config)
+    real = trainer.probe.__call__
+
+    class SlowProbe:
+        def __call__(self, model):
+            _time.sleep(2.0)
+            return real(model)
+
+    probe, trainer.probe = trainer.probe, SlowProbe()
+    trainer.train()
+    lines = [r for r in trainer.history if "loss" in r]
+    assert [r["step"] for r in trainer.history if "probe_exact_match" in r] == [4, 8]
+    assert lines[-1]["train_seconds"] < 2.0, lines[-1]  # two probes slept 4 s
+    assert probe._forward._fn._cache_size() == 1  # the second probe reused the first one's program
 
 
 def test_export_loads_with_load_model(reference_run):

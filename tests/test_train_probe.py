@@ -49,12 +49,42 @@ def test_the_probe_refuses_prompts_whose_answer_does_not_open_a_segment(batcher)
         virtual_length_probe(forward, batcher, context_length=4000, virtual_lengths=(1,), depths=(50,),
                              keys_per_cell=1, seed=0)
     short_segments = evaluation_batcher(load_tokenizer(str(DEMO_TOKENIZER_PATH)), 64)
-    with pytest.raises(ValueError, match="too short"):  # 192 tokens: the template alone takes 255
+    with pytest.raises(ValueError, match="probe.context_length=192 is too short"):  # the template takes 255
         virtual_length_probe(forward, short_segments, context_length=192, virtual_lengths=(1,), depths=(50,),
                              keys_per_cell=1, seed=0)
-    with pytest.raises(ValueError, match="needs depths and keys"):
-        virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=(1,), depths=(),
-                             keys_per_cell=1, seed=0)
+    for depths, lengths in (((), (1,)), ((50,), ())):
+        with pytest.raises(ValueError, match="needs depths, keys and virtual lengths"):
+            virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=lengths, depths=depths,
+                                 keys_per_cell=1, seed=0)
     with pytest.raises(ValueError, match="below 1"):
         virtual_length_probe(forward, batcher, context_length=1024, virtual_lengths=(0.5,), depths=(50,),
                              keys_per_cell=1, seed=0)
+
+
+def test_the_probe_weighs_exactly_the_writes_the_training_weighs(batcher):
+    """probe_weights scales the same tokens as the training's virtual length (scope "haystack"): compared on
+    training rows, whose last D tokens are the answer."""
+    import numpy as np
+
+    from infini_jax.train_probe import probe_weights
+
+    rows = batcher._sample(np.random.default_rng(3), 8, 1024, virtual_length_max=64.0, prob_r_one=0.0,
+                           virtual_length_scope="haystack")
+    trained = rows["write_weight"] != 1
+    probe = probe_weights(batcher, rows["needle_start"], 1024 - batcher.num_digits, 1024, haystack_weight=2.0) != 1
+    np.testing.assert_array_equal(probe, trained)
+    assert 0 < trained.mean() < 1
+
+
+def test_the_probe_config_seed_of_the_varied_text_and_its_checks():
+    from configs import train_demo
+    from infini_jax.train_probe import Probe
+
+    tok = load_tokenizer(str(DEMO_TOKENIZER_PATH))
+    config = train_demo.get_config("cpu_smoke")
+    assert Probe(config, tok, 64).varied_seed == 12345  # None: the evaluation's held-out text
+    config.probe.varied_seed = 0  # the training text's seed is a valid choice, not "unset"
+    assert Probe(config, tok, 64).varied_seed == 0
+    config.probe.min_exact_match = 98.0
+    with pytest.raises(ValueError, match="min_exact_match=98.0 must lie in"):
+        Probe(config, tok, 64)
