@@ -16,7 +16,8 @@ def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early
           virtual_length_max: float = 1.0, advance_min_accuracy: float = 0.0,
           max_share: float | None = None, advance_window_steps: int = 0, short_share: float = 0.0,
           short_seq_len: int = 0, short_batch_size: int = 0, repeated_digit_share: float | None = None,
-          needle_boundary_share: float | None = None) -> ml_collections.ConfigDict:
+          needle_boundary_share: float | None = None,
+          answer_boundary_share: float | None = None) -> ml_collections.ConfigDict:
     """One curriculum stage (``infini_jax.train_schedule.Stage``)."""
     s = ml_collections.ConfigDict()
     s.name = name  # shown in logs and metrics.jsonl
@@ -40,6 +41,10 @@ def stage(name: str, seq_len: int, batch_size: int, share: float, *, force_early
                               else repeated_digit_share)
     s.needle_boundary_share = (config_dict.placeholder(float) if needle_boundary_share is None
                                else needle_boundary_share)
+    # This stage's data.answer_boundary_share: the share of its batches whose answer a segment boundary cuts
+    # (None: the data config's value).
+    s.answer_boundary_share = (config_dict.placeholder(float) if answer_boundary_share is None
+                               else answer_boundary_share)
     return s
 
 

@@ -386,7 +386,7 @@ class Trainer:
                                              virtual_length_max=virtual_length_max, prob_r_one=self.prob_r_one,
                                              virtual_length_scope=self.virtual_length_scope,
                                              random_answer_position=self.random_answer_position,
-                                             answer_boundary_share=self.answer_boundary_share,
+                                             answer_boundary_share=self._stage_option(stage, "answer_boundary_share"),
                                              answer_boundary_digits=self.answer_boundary_digits,
                                              key_terminator=self.key_terminator,
                                              repeated_digit_share=self._stage_option(stage, "repeated_digit_share"),

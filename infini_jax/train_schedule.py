@@ -62,9 +62,11 @@ class Stage:
     short_seq_len: int = 0
     short_batch_size: int = 0
     # Per-stage values of the data options of the same name (None = the data config's value), e.g. keys with
-    # repeated digits and needles at segment boundaries only in the last stage.
+    # repeated digits and needles at segment boundaries only in the last stage, or more batches whose answer a
+    # segment boundary cuts in the last stage.
     repeated_digit_share: float | None = None
     needle_boundary_share: float | None = None
+    answer_boundary_share: float | None = None
 
     def __post_init__(self):
         if self.seq_len < 1 or self.batch_size < 1:
@@ -87,7 +89,7 @@ class Stage:
             if self.advance_min_accuracy > 0:
                 raise ValueError(f"Stage {self.name!r}: short rows would feed the accuracy gate; use short_share "
                                  "or advance_min_accuracy, not both.")
-        for option in ("repeated_digit_share", "needle_boundary_share"):
+        for option in ("repeated_digit_share", "needle_boundary_share", "answer_boundary_share"):
             value = getattr(self, option)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"Stage {self.name!r}: {option}={value} is outside [0, 1] (None = data.{option}).")

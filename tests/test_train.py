@@ -214,6 +214,29 @@ def test_a_stage_sets_its_own_key_and_needle_options(tmp_path):
         Trainer(config)  # the stage's share: a one-digit key has no pair to repeat
 
 
+def test_a_stage_sets_its_own_answer_boundary_share(tmp_path):
+    """Stage.answer_boundary_share overrides data.answer_boundary_share in that stage only (None = the data
+    config's); the batches then have a segment boundary at or inside the answer (PasskeyBatcher.sample, tested
+    above)."""
+    config = _config(tmp_path)
+    config.data.answer_boundary_share = 0.25
+    config.curriculum.stage_1.answer_boundary_share = 1.0
+    trainer = Trainer(config)
+    assert (trainer.stages[0].answer_boundary_share, trainer.stages[1].answer_boundary_share) == (None, 1.0)
+    seen, sample = [], trainer.batcher.sample
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["answer_boundary_share"])
+        return sample(*args, **kwargs)
+
+    trainer.batcher.sample = recording
+    trainer.make_batch(trainer.stages[0])
+    trainer.make_batch(trainer.stages[1])
+    assert seen == [0.25, 1.0]
+    with pytest.raises(ValueError, match="answer_boundary_share"):
+        Stage("s", SEQ, 4, 1.0, answer_boundary_share=1.5)
+
+
 def test_short_rows_mixed_into_a_stage(tmp_path):
     """Stage.short_share: that share of the stage's steps trains on its short rows, without virtual length; the
     loop counts each step's own shape. With a share of 0 nothing is drawn (the data stream is unchanged)."""
