@@ -290,11 +290,14 @@ class Trainer:
         if self.source in ("passkey", "mix"):
             mix = float(_cfg_get(d, "haystack_mix", 0.5))
             varied = str(_cfg_get(d, "varied_haystack", "generated"))
+            seeds = varied_text_seeds(self.config)
+            names = ["varied"] if len(seeds) == 1 else [f"varied_{i}" for i in range(len(seeds))]
             texts = {"classic": haystack_text("classic"),
-                     "varied": haystack_text(varied, seed=int(_cfg_get(d, "varied_seed", 0)))}
+                     **{name: haystack_text(varied, seed=seed) for name, seed in zip(names, seeds, strict=True)}}
             self.batcher = PasskeyBatcher(self.tokenizer, segment_length=self.model_cfg.segment_length,
                                           num_digits=num_digits, haystacks=texts,
-                                          haystack_weights={"classic": mix, "varied": 1.0 - mix})
+                                          haystack_weights={"classic": mix,
+                                                            **{name: (1.0 - mix) / len(names) for name in names}})
             for st in self.stages:
                 self.batcher.haystack_tokens(st.seq_len)  # fail now, not at the stage
                 if st.repeated_digit_share is not None:
@@ -616,6 +619,27 @@ class Trainer:
             json.dumps({"trained": True, "config": _to_plain(self.config)}, indent=2, default=_json_default) + "\n")
         logging.info("Exported the trained model to %s", out)
         return out
+
+
+def varied_text_seeds(config) -> list[int]:
+    """Seeds of the generated varied training texts: ``data.varied_texts`` of them from ``data.varied_seed`` on.
+    Refuses more than one for a non-generated haystack, and any seed that is the evaluation's or the probe's
+    held-out text."""
+    d = config.data
+    first, count = int(_cfg_get(d, "varied_seed", 0)), _cfg_get(d, "varied_texts", 1)
+    if int(count) != count or count < 1:
+        raise ValueError(f"data.varied_texts={count} must be a whole number >= 1 (generated texts to train on).")
+    seeds = list(range(first, first + int(count)))
+    if len(seeds) > 1 and str(_cfg_get(d, "varied_haystack", "generated")) != "generated":
+        raise ValueError(f"data.varied_texts={count} needs data.varied_haystack='generated' (texts from seeds); "
+                         f"{_cfg_get(d, 'varied_haystack')!r} is one text.")
+    held_out = [("eval.varied_seed", _cfg_get(_cfg_get(config, "eval"), "varied_seed")),
+                ("probe.varied_seed", _cfg_get(_cfg_get(config, "probe"), "varied_seed"))]
+    for name, seed in held_out:
+        if seed is not None and len(seeds) > 1 and int(seed) in seeds:
+            raise ValueError(f"data.varied_texts={count} from data.varied_seed={first} trains on seed {seed}, the "
+                             f"held-out text of {name}: move data.varied_seed or that seed.")
+    return seeds
 
 
 def _to_one_device(model: InfiniLlama) -> InfiniLlama:

@@ -237,6 +237,33 @@ def test_a_stage_sets_its_own_answer_boundary_share(tmp_path):
         Stage("s", SEQ, 4, 1.0, answer_boundary_share=1.5)
 
 
+def test_varied_texts_trains_on_several_generated_texts_and_keeps_held_out_ones_out(tmp_path):
+    """data.varied_texts = n: n generated texts (seeds varied_seed ..) share the varied rows; 1 (the default) is the
+    single text of every earlier run, batch for batch; a held-out seed inside the range is refused."""
+    one, plain = _config(tmp_path / "one"), _config(tmp_path / "plain")
+    one.data.varied_texts = 1
+    a, b = Trainer(one), Trainer(plain)
+    assert [s.name for s in a.batcher.sources] == ["classic", "varied"]
+    got, want = a.make_batch(a.stages[0]), b.make_batch(b.stages[0])
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    config = _config(tmp_path / "four")
+    config.data.varied_texts, config.data.haystack_mix = 4, 0.0
+    trainer = Trainer(config)
+    assert [s.name for s in trainer.batcher.sources] == ["classic", "varied_0", "varied_1", "varied_2", "varied_3"]
+    np.testing.assert_allclose(trainer.batcher.weights, [0.0, 0.25, 0.25, 0.25, 0.25])
+    assert trainer.batcher.sources[1].ids.tolist() == a.batcher.sources[1].ids.tolist()  # seed 0: the old text
+    assert trainer.batcher.sources[2].ids.tolist() != a.batcher.sources[1].ids.tolist()
+    drawn = trainer.batcher.sample(np.random.default_rng(0), 64, SEQ)["source"]  # no classic rows at mix 0
+    assert set(drawn.tolist()) == {1, 2, 3, 4}
+    config.data.varied_seed = 12342  # 12342..12345 holds the evaluation's held-out text
+    with pytest.raises(ValueError, match="held-out text of eval.varied_seed"):
+        Trainer(config)
+    config.data.varied_seed, config.data.varied_texts = 0, 0
+    with pytest.raises(ValueError, match="varied_texts=0 must be a whole number"):
+        Trainer(config)
+
+
 def test_short_rows_mixed_into_a_stage(tmp_path):
     """Stage.short_share: that share of the stage's steps trains on its short rows, without virtual length; the
     loop counts each step's own shape. With a share of 0 nothing is drawn (the data stream is unchanged)."""
