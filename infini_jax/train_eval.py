@@ -153,6 +153,18 @@ def evaluation_batcher(tokenizer, segment_length: int, *, num_digits: int = 5,
     return PasskeyBatcher(tokenizer, segment_length=segment_length, num_digits=num_digits, haystacks=texts)
 
 
+def config_evaluation_batcher(config, tokenizer, segment_length: int,
+                              varied_seed: int | None = None) -> PasskeyBatcher:
+    """:func:`evaluation_batcher` with a training config's evaluation haystacks (``eval.haystacks``), key length
+    (``data.num_digits``), varied style (``data.varied_haystack``) and held-out text (``varied_seed``, default
+    ``eval.varied_seed``)."""
+    ev, d = _get(config, "eval"), config.data
+    return evaluation_batcher(tokenizer, segment_length, num_digits=int(_get(d, "num_digits", 5)),
+                              haystack_names=list(_get(ev, "haystacks", ("classic", "varied"))),
+                              varied_haystack=str(_get(d, "varied_haystack", "generated")),
+                              varied_seed=int(_get(ev, "varied_seed", 12345) if varied_seed is None else varied_seed))
+
+
 def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
              model_id: dict | None = None) -> dict[str, Any] | None:
     """The evaluation described by ``config.eval`` (a training config); None when disabled.
@@ -165,9 +177,7 @@ def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
         return None
     d = config.data
     names = list(_get(ev, "haystacks", ("classic", "varied")))
-    batcher = evaluation_batcher(tokenizer, model.cfg.segment_length, num_digits=int(_get(d, "num_digits", 5)),
-                                 haystack_names=names, varied_haystack=str(_get(d, "varied_haystack", "generated")),
-                                 varied_seed=int(_get(ev, "varied_seed", 12345)))
+    batcher = config_evaluation_batcher(config, tokenizer, model.cfg.segment_length)
     workdir = os.fspath(workdir)
     results_dir = os.path.join(workdir, EVAL_DIR)
     if model_id is not None:  # what decides a prompt besides its id: a change starts the evaluation afresh

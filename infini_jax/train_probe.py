@@ -148,15 +148,12 @@ class Probe:
     ``self(model)`` -> the :func:`virtual_length_probe` result, compiled once for all calls."""
 
     def __init__(self, config, tokenizer, segment_length: int):
-        from infini_jax.train_eval import evaluation_batcher
+        from infini_jax.train_eval import config_evaluation_batcher
 
-        pr, ev, d = _get(config, "probe"), _get(config, "eval"), config.data
+        pr, ev = _get(config, "probe"), _get(config, "eval")
         varied_seed = _get(pr, "varied_seed", None)
         self.varied_seed = int(_get(ev, "varied_seed", 12345) if varied_seed is None else varied_seed)
-        self.batcher = evaluation_batcher(
-            tokenizer, segment_length, num_digits=int(_get(d, "num_digits", 5)),
-            haystack_names=list(_get(ev, "haystacks", ("classic", "varied"))),
-            varied_haystack=str(_get(d, "varied_haystack", "generated")), varied_seed=self.varied_seed)
+        self.batcher = config_evaluation_batcher(config, tokenizer, segment_length, varied_seed=self.varied_seed)
         self.settings = dict(context_length=check_probe_length(self.batcher, int(_get(pr, "context_length", 8192))),
                              virtual_lengths=tuple(float(r) for r in _get(pr, "virtual_lengths", (128.0,))),
                              depths=tuple(_get(pr, "depths", tuple(range(0, 101, 10)))),
