@@ -193,14 +193,26 @@ class PasskeyBatcher:
 
     def _stacked(self, n_hay: int) -> tuple[np.ndarray, np.ndarray]:
         """ids [sources, W] and snap [sources, W + 1] of every haystack tiled to >= n_hay + its length
-        tokens (so that any start offset within the first copy has n_hay tokens after it)."""
-        if n_hay not in self._tiled:
-            tiled = [src.tiled(n_hay + src.length) for src in self.sources]
-            width = max(len(t[0]) for t in tiled)
-            ids = np.stack([np.pad(t[0], (0, width - len(t[0]))) for t in tiled])
-            snap = np.stack([np.pad(t[2], (0, width + 1 - len(t[2])), mode="edge") for t in tiled])
-            self._tiled = {n_hay: (ids, snap)}  # one stage at a time: keep only the current length
-        return self._tiled[n_hay]
+        tokens (so that any start offset within the first copy has n_hay tokens after it).
+
+        One table is kept, built for up to one segment more than asked: a stage's rows end up to a segment
+        short of its length (``sample``'s answer shift, a new length every batch), and a table built for more
+        haystack tokens gives the same rows (no index reaches past n_hay + the text's length, and ``_snap``
+        at a position depends only on the ends before it). A length far below the table's rebuilds it, so
+        that a long evaluation's table is not kept for short rows."""
+        built = next(iter(self._tiled), -1)
+        if not n_hay <= built <= n_hay + 2 * self.segment_length:
+            built = n_hay + self.segment_length
+            self._tiled = {built: self._build_table(built)}
+        return self._tiled[built]
+
+    def _build_table(self, n_hay: int) -> tuple[np.ndarray, np.ndarray]:
+        """``_stacked``'s table for exactly ``n_hay`` haystack tokens."""
+        tiled = [src.tiled(n_hay + src.length) for src in self.sources]
+        width = max(len(t[0]) for t in tiled)
+        ids = np.stack([np.pad(t[0], (0, width - len(t[0]))) for t in tiled])
+        snap = np.stack([np.pad(t[2], (0, width + 1 - len(t[2])), mode="edge") for t in tiled])
+        return ids, snap
 
     # ------------------------------------------------------------------ assembly
     def draw_keys(self, rng: np.random.Generator, n: int, repeated_digit_share: float = 0.0) -> np.ndarray:

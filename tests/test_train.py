@@ -360,6 +360,29 @@ def test_needle_boundary_share_puts_a_segment_boundary_near_a_key_copy(batcher):
         batcher.sample(np.random.default_rng(0), 2, seq, needle_boundary_share=0.5, needle_boundary_window=SEG)
 
 
+def test_the_haystack_table_is_built_once_a_stage_and_gives_the_rows_of_an_exact_one(tok):
+    """Every batch of a stage ends a random number of tokens (< one segment) short of the stage's length (the answer
+    shift), so a table kept per exact length was rebuilt every batch (with 17 texts this made the GPU wait for
+    the host). The kept table serves the whole stage and gives the rows a table of the exact length gives."""
+    haystacks = {"classic": CLASSIC_HAYSTACK, **{f"varied_{i}": generated_haystack(i, 300) for i in range(3)}}
+    kept = PasskeyBatcher(tok, segment_length=SEG, num_digits=5, haystacks=haystacks)
+    exact = PasskeyBatcher(tok, segment_length=SEG, num_digits=5, haystacks=haystacks)
+    exact._stacked = exact._build_table  # the former behaviour: a table of exactly the asked length
+    builds = []
+    build = kept._build_table
+    kept._build_table = lambda n: builds.append(n) or build(n)
+    options = dict(force_early=0.5, virtual_length_max=8.0, key_terminator=True, answer_boundary_share=0.3,
+                   needle_boundary_share=0.2, repeated_digit_share=0.3)
+    for i, seq in enumerate((SEQ, SEQ, 1280, 1280, 1280, SEQ)):
+        a = kept.sample(np.random.default_rng(i), 16, seq, **options)
+        b = exact.sample(np.random.default_rng(i), 16, seq, **options)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # One build per change of length (SEQ -> 1280 -> SEQ), not one per batch.
+    assert len(builds) == 3, builds
+
+
 def test_text_stream(tok, tmp_path):
     (tmp_path / "a.txt").write_text("hello world. " * 20)
     (tmp_path / "b.txt").write_text("second file! " * 20)
