@@ -115,6 +115,13 @@ class InfiniLlama(nnx.Module):
 
         write_weight: optional [B, S] per-token memory write weights (1 = nanotron; 0 = not written).
         """
+        return self.logits(self.hidden_states(input_ids, write_weight=write_weight,
+                                              stop_gradient_between_segments=stop_gradient_between_segments))
+
+    def hidden_states(self, input_ids: jax.Array, *, write_weight: jax.Array | None = None,
+                      stop_gradient_between_segments: bool = False) -> jax.Array:
+        """The forward before the final norm and head: input_ids [B, S] -> hidden states [B, S, H], for callers
+        that need the logits of a few positions only (``self.logits(hidden[:, positions])``)."""
         b, s = input_ids.shape
         seg = self.cfg.segment_length
         n_seg = -(-s // seg)
@@ -126,7 +133,7 @@ class InfiniLlama(nnx.Module):
             ids, init_cache(self.cfg, b), seg_start=0, num_tokens=jnp.full((b,), s, jnp.int32),
             weight=write_weight, stop_gradient_between_segments=stop_gradient_between_segments,
         )
-        return self.logits(hidden[:, :s])
+        return hidden[:, :s]
 
     def prefill(self, input_ids: jax.Array, lengths: jax.Array, *,
                 chunk_segments: int | None = None) -> tuple[jax.Array, ModelCache]:

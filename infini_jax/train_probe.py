@@ -15,7 +15,7 @@ some that failed (docs/training.md, eighth session: W1 ended at 0.996 and answer
 GPU-trained demo models of sessions five to eight (CPU, fp32, the default settings) every model below 98% at
 r = 128 had missed the targets (9 of 9); of the 5 at or above it, 3 had met them and 2 reached 97-99% at
 32K-1M. Necessary, not sufficient: 88 prompts cannot resolve 99%. Per r it runs ``haystacks x depths`` forward
-calls of ``keys_per_cell`` rows (22 x 4 by default), each returning the full logits [rows, tokens, vocab].
+calls of ``keys_per_cell`` rows (22 x 4 by default); each computes the logits of the key's positions only.
 """
 
 from __future__ import annotations
@@ -53,42 +53,58 @@ def probe_weights(batcher: PasskeyBatcher, needle_start: np.ndarray, length: int
     return weight
 
 
-def teacher_forced_answers(forward: Callable, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
+def teacher_forced_answers(read: Callable, batcher: PasskeyBatcher, keys: list[str], length: int, depth: float,
                            source: int, question_weight: float = 1.0, haystack_weight: float = 1.0) -> list[str]:
     """The argmax predictions of each key's digits for prompts of ``length`` tokens followed by the key.
 
-    forward: ``(ids [B, S], write_weight [B, S]) -> logits [B, S, V]`` (e.g. a jitted model call).
+    read: ``(ids [B, S + D], write_weight [B, S + D]) -> token ids [B, D]``, the argmax next token at the positions
+    that predict the key's D digits (S - 1 .. S + D - 2), e.g. :func:`jitted_forward`'s.
     ``question_weight`` / ``haystack_weight``: how many times the question's / the haystack's memory writes count.
     Returns one string of D predicted digits per key ("?" for a non-digit token)."""
     ids, needle_start = batcher.eval_prompts(keys, length, depth, source)
-    d = batcher.num_digits
     answer = batcher.digit_ids[np.asarray([[int(c) for c in k] for k in keys])]
     full = np.concatenate([ids, answer], axis=1)  # [B, S + D]
     weight = probe_weights(batcher, needle_start, length, full.shape[1], question_weight=question_weight,
                            haystack_weight=haystack_weight)
-    logits = forward(jnp.asarray(full), jnp.asarray(weight))
-    pred = np.asarray(jnp.argmax(logits[:, length - 1:length + d - 1], axis=-1))  # [B, D]: digit i from position
+    pred = np.asarray(read(jnp.asarray(full), jnp.asarray(weight)))  # [B, D]: digit i predicted from S - 1 + i
+    if pred.shape != answer.shape:
+        raise ValueError(f"The answer reader returned {pred.shape}, not [keys, digits] = {answer.shape}.")
     inverse = {int(t): str(i) for i, t in enumerate(batcher.digit_ids)}
     return ["".join(inverse.get(int(t), "?") for t in row) for row in pred]
 
 
-def jitted_forward(model: InfiniLlama) -> Callable:
-    """``(ids [B, S], write_weight [B, S]) -> logits [B, S, V]``, compiled once per shape, the weights passed as
-    arguments (not baked into the program)."""
-    return CompiledForward()(model)
+def answer_tokens(model: InfiniLlama, ids: jax.Array, write_weight: jax.Array, num_digits: int) -> jax.Array:
+    """The argmax next token [B, D] at the D positions that predict the last D tokens of ``ids`` [B, S]; the
+    logits of these positions only ([B, D, V], not [B, S, V])."""
+    hidden = model.hidden_states(ids, write_weight=write_weight)
+    return jnp.argmax(model.logits(hidden[:, -num_digits - 1:-1]), axis=-1)
+
+
+def jitted_forward(model: InfiniLlama, num_digits: int) -> Callable:
+    """``(ids [B, S], write_weight [B, S]) -> token ids [B, num_digits]`` (:func:`answer_tokens`), compiled once
+    per shape, the weights passed as arguments (not baked into the program)."""
+    return CompiledForward(num_digits)(model)
 
 
 class CompiledForward:
-    """One compiled forward for successive states of one model (a training run's): ``self(model)`` returns
-    ``(ids, write_weight) -> logits`` with ``model``'s current weights, without compiling again."""
+    """One compiled answer reader (:func:`answer_tokens`) for successive states of one model (a training run's):
+    ``self(model)`` returns ``(ids, write_weight) -> token ids [B, num_digits]`` with ``model``'s current
+    weights, without compiling again. A model of another structure (architecture, numerics) is refused."""
 
-    def __init__(self):
+    def __init__(self, num_digits: int):
+        self.num_digits = int(num_digits)
         self._fn = None
+        self._graphdef = None
 
     def __call__(self, model: InfiniLlama) -> Callable:
         graphdef, state = nnx.split(model)
         if self._fn is None:
-            self._fn = jax.jit(lambda state, ids, weight: nnx.merge(graphdef, state)(ids, write_weight=weight))
+            d = self.num_digits
+            self._graphdef = graphdef
+            self._fn = jax.jit(lambda state, ids, weight: answer_tokens(nnx.merge(graphdef, state), ids, weight, d))
+        elif graphdef != self._graphdef:
+            raise ValueError("CompiledForward was compiled for a model of another structure (architecture or "
+                             "numerics); build a new one for this model.")
         fn = self._fn
         return lambda ids, weight: fn(state, ids, weight)
 
@@ -161,7 +177,7 @@ class Probe:
         self.min_exact_match = float(_get(pr, "min_exact_match", 0.98))
         if not 0 <= self.min_exact_match <= 1:
             raise ValueError(f"probe.min_exact_match={self.min_exact_match} must lie in [0, 1] (a rate).")
-        self._forward = CompiledForward()
+        self._forward = CompiledForward(self.batcher.num_digits)
 
     def __call__(self, model: InfiniLlama) -> dict[str, Any]:
         result = virtual_length_probe(self._forward(model), self.batcher, **self.settings)

@@ -62,7 +62,7 @@ def main(argv=None):
     seg = model.cfg.segment_length
     tok = load_tokenizer(args.tokenizer)
     batcher = evaluation_batcher(tok, seg)
-    forward = jitted_forward(model)  # compiled once per (batch, length)
+    forward = jitted_forward(model, batcher.num_digits)  # compiled once per (batch, length)
 
     for length in [int(x) for x in args.lengths.split(",")]:
         if length % seg:

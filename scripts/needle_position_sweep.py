@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
 import numpy as np
 from aligned_answer_check import teacher_forced_answers
 
@@ -27,6 +26,7 @@ from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
 from infini_jax.train_data import PasskeyBatcher, key_copy_near_boundary
 from infini_jax.train_eval import evaluation_batcher
+from infini_jax.train_probe import jitted_forward
 
 HAYSTACKS = ("classic", "varied")
 
@@ -82,7 +82,7 @@ def main(argv=None):
     if args.length % seg:
         raise ValueError(f"--length {args.length} is not a multiple of the segment length {seg}.")
     batcher = evaluation_batcher(load_tokenizer(args.tokenizer), seg)
-    forward = jax.jit(lambda ids, w: model(ids, write_weight=w))
+    forward = jitted_forward(model, batcher.num_digits)
     depths = np.arange(args.depth_start, args.depth_stop + 1e-9, args.depth_step)
     records = sweep(forward, batcher, args.length, HAYSTACKS.index(args.haystack), depths, args.keys_per_position,
                     np.random.default_rng(args.seed))

@@ -39,14 +39,14 @@ def test_aligned_answer_check_matches_greedy_generation():
     from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
     from infini_jax.data.tokenizer import load_tokenizer
     from infini_jax.train_data import PasskeyBatcher, haystack_text
-    from infini_jax.train_probe import teacher_forced_answers
+    from infini_jax.train_probe import answer_tokens, teacher_forced_answers
 
     demo = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
     model = load_model(demo, dtype="float32")
     tok = load_tokenizer(str(DEMO_TOKENIZER_PATH))
     batcher = PasskeyBatcher(tok, segment_length=256, num_digits=5, haystacks={"classic": haystack_text("classic")})
     keys, length = ["48213", "90517", "11223"], 1024
-    forward = lambda ids, w: model(ids, write_weight=w)  # noqa: E731
+    forward = lambda ids, w: answer_tokens(model, ids, w, 5)  # noqa: E731
     teacher = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0)
     ids, _ = batcher.eval_prompts(keys, length, 50.0, 0)
     greedy = Generator(model, GenerationConfig(max_new_tokens=5, batch_size=3)).generate(list(ids))
@@ -70,7 +70,7 @@ def test_aligned_answer_check_weighs_the_haystack_writes_only():
 
     def forward(ids, w):
         seen["ids"], seen["w"] = np.asarray(ids), np.asarray(w)
-        return jnp.zeros(ids.shape + (384,), jnp.float32)
+        return jnp.zeros((ids.shape[0], 5), jnp.int32)
 
     teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=4.0, haystack_weight=128.0)
     w, ids = seen["w"], seen["ids"]

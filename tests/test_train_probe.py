@@ -26,7 +26,7 @@ def test_the_shipped_model_passes_the_probe_and_a_random_one_fails(batcher):
     """The shipped model answers 100% at 1M tokens on the H200; simulated at 4K x r = 128 (512K) it answers every
     probe prompt too, on both haystacks. A random model answers none."""
     settings = dict(context_length=4096, virtual_lengths=(1, 128), depths=(10, 90), keys_per_cell=2, seed=7)
-    shipped = virtual_length_probe(jitted_forward(load_model(DEMO, dtype="float32")), batcher, **settings)
+    shipped = virtual_length_probe(jitted_forward(load_model(DEMO, dtype="float32"), 5), batcher, **settings)
     assert shipped["context_length"] == 4096 and sorted(shipped["by_virtual_length"]) == ["1", "128"]
     for r in ("1", "128"):
         got = shipped["by_virtual_length"][r]
@@ -36,7 +36,7 @@ def test_the_shipped_model_passes_the_probe_and_a_random_one_fails(batcher):
 
     cfg = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                       num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
-    noise = virtual_length_probe(jitted_forward(random_model(cfg, seed=0)), batcher, **settings)
+    noise = virtual_length_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, **settings)
     rates = [v["exact_match"] for v in noise["by_virtual_length"].values()]
     assert max(rates) < 0.5 and noise["min_exact_match"] == min(rates)
     keys = [k for k, _ in noise["by_virtual_length"]["1"]["wrong"]]  # the same keys for every r
@@ -44,7 +44,7 @@ def test_the_shipped_model_passes_the_probe_and_a_random_one_fails(batcher):
 
 
 def test_the_probe_refuses_prompts_whose_answer_does_not_open_a_segment(batcher):
-    forward = jitted_forward(load_model(DEMO, dtype="float32"))
+    forward = jitted_forward(load_model(DEMO, dtype="float32"), 5)
     with pytest.raises(ValueError, match="not a multiple of the segment length 256"):
         virtual_length_probe(forward, batcher, context_length=4000, virtual_lengths=(1,), depths=(50,),
                              keys_per_cell=1, seed=0)
@@ -88,3 +88,28 @@ def test_the_probe_config_seed_of_the_varied_text_and_its_checks():
     config.probe.min_exact_match = 98.0
     with pytest.raises(ValueError, match="min_exact_match=98.0 must lie in"):
         Probe(config, tok, 64)
+
+
+def test_the_answer_reader_gives_the_full_forwards_argmax_and_refuses_another_model():
+    """answer_tokens computes the head at the key's positions only; its tokens are the full forward's argmax
+    there. A CompiledForward serves later states of its model and refuses a model of another structure."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from infini_jax.train_probe import CompiledForward, answer_tokens
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=2,
+                      segment_length=16, max_position_embeddings=256, dtype="float32")
+    model = random_model(cfg, seed=1)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (3, 40), 0, 64)
+    weight = jnp.asarray(np.random.default_rng(0).uniform(1, 8, (3, 40)), jnp.float32)
+    want = jnp.argmax(model(ids, write_weight=weight)[:, -6:-1], axis=-1)
+    np.testing.assert_array_equal(answer_tokens(model, ids, weight, 5), want)
+    reader = CompiledForward(5)
+    np.testing.assert_array_equal(reader(model)(ids, weight), want)
+    other_weights = random_model(cfg, seed=2)  # a later state of the same structure: served, with its weights
+    np.testing.assert_array_equal(reader(other_weights)(ids, weight),
+                                  jnp.argmax(other_weights(ids, write_weight=weight)[:, -6:-1], axis=-1))
+    with pytest.raises(ValueError, match="another structure"):
+        reader(random_model(ModelConfig(**{**cfg.to_dict(), "num_layers": 3}), seed=1))
