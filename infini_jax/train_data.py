@@ -471,6 +471,18 @@ def check_boundary_window(window: int, segment_length: int) -> int:
     return int(window)
 
 
+KEY_DIGIT_PATTERNS = ("distinct", "adjacent_pair", "repeated_apart")
+
+
+def key_digit_pattern(key: str) -> str:
+    """How a key's digits repeat: "adjacent_pair" (two equal neighbours, 55996), "repeated_apart" (a digit
+    repeated, never next to itself: 57074) or "distinct" (48213). Models that retrieve the digits but not their
+    order fail the repeating kinds (docs/training.md, ninth session)."""
+    if any(a == b for a, b in zip(key, key[1:], strict=False)):
+        return "adjacent_pair"
+    return "repeated_apart" if len(set(key)) < len(key) else "distinct"
+
+
 def check_repeated_digit_share(share: float, num_digits: int) -> float:
     """``data.repeated_digit_share`` must be a fraction, and a key needs two digits to repeat one."""
     share = check_share("repeated_digit_share", share)

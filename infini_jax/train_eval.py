@@ -22,7 +22,7 @@ from absl import logging
 
 from infini_jax.config import config_value as _get
 from infini_jax.model import InfiniLlama
-from infini_jax.train_data import PasskeyBatcher, haystack_text
+from infini_jax.train_data import PasskeyBatcher, haystack_text, key_digit_pattern
 
 EVAL_FILE = "eval.json"
 EVAL_DIR = "eval"
@@ -103,7 +103,8 @@ def evaluate_passkey(model: InfiniLlama, tokenizer, batcher: PasskeyBatcher, *, 
 def summarize_eval(records: list[dict]) -> dict[str, Any]:
     """Exact match overall, per context length, per depth, per (length, depth), per haystack, and for needles
     with a segment boundary within ``BOUNDARY_WINDOW`` tokens of a key copy ("near") against the rest
-    ("elsewhere"; "unknown" for records written before that field existed)."""
+    ("elsewhere"; "unknown" for records written before that field existed), and per key digit pattern
+    (``key_digit_pattern``: distinct digits, an adjacent pair, a digit repeated apart)."""
 
     def acc(rs):
         return {"exact_match": float(np.mean([r["exact"] for r in rs])) if rs else None,
@@ -122,7 +123,8 @@ def summarize_eval(records: list[dict]) -> dict[str, Any]:
             "by_context_length_and_depth": by(lambda r: f"{r['context_length']}/{r['depth_percent']:g}"),
             "by_haystack": by(lambda r: r["haystack"]),
             "by_needle_near_boundary": by(lambda r: {True: "near", False: "elsewhere"}.get(
-                r.get("key_near_segment_boundary"), "unknown"))}
+                r.get("key_near_segment_boundary"), "unknown")),
+            "by_key_digits": by(lambda r: key_digit_pattern(r["answer"]))}
 
 
 def _fresh_results(results_dir: str, model_id: dict | None) -> None:

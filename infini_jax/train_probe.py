@@ -34,7 +34,7 @@ from flax import nnx
 
 from infini_jax.config import config_value as _get
 from infini_jax.model import InfiniLlama
-from infini_jax.train_data import PasskeyBatcher
+from infini_jax.train_data import KEY_DIGIT_PATTERNS, PasskeyBatcher, key_digit_pattern
 
 PROBE_FILE = "probe.json"
 
@@ -129,8 +129,9 @@ def virtual_length_probe(forward: Callable, batcher: PasskeyBatcher, *, context_
     """Teacher-forced exact match of the key on aligned prompts with the haystack's writes counted r times.
 
     Per r: ``keys_per_cell`` uniform keys (from ``seed``, the same for every r) per (depth, haystack). Returns
-    ``{"by_virtual_length": {r: {"exact_match", "num_samples", "by_haystack": {name: rate}, "wrong": [[key,
-    prediction], ...]}}, "min_exact_match": worst r's rate}``."""
+    ``{"by_virtual_length": {r: {"exact_match", "num_samples", "by_haystack": {name: rate}, "by_key_digits":
+    {pattern: rate}, "wrong": [[key, prediction], ...]}}, "min_exact_match": worst r's rate}`` (patterns of
+    ``key_digit_pattern``; one with no key is left out)."""
     length = check_probe_length(batcher, context_length)
     names = [s.name for s in batcher.sources]
     depths = [float(x) for x in depths]
@@ -154,10 +155,16 @@ def virtual_length_probe(forward: Callable, batcher: PasskeyBatcher, *, context_
         out["by_virtual_length"][f"{r:g}"] = {
             "exact_match": sum(k == g for k, g in every) / len(every), "num_samples": len(every),
             "by_haystack": {n: sum(k == g for k, g in pairs[n]) / len(pairs[n]) for n in names},
+            "by_key_digits": _rates_by_key_digits(every),
             "wrong": [[k, g] for k, g in every if k != g]}
     rates = [v["exact_match"] for v in out["by_virtual_length"].values()]
     out["min_exact_match"] = min(rates) if rates else None
     return out
+
+
+def _rates_by_key_digits(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    groups = {p: [k == g for k, g in pairs if key_digit_pattern(k) == p] for p in KEY_DIGIT_PATTERNS}
+    return {p: sum(hits) / len(hits) for p, hits in groups.items() if hits}
 
 
 class Probe:

@@ -738,6 +738,9 @@ def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, 
     assert split.get("near", {}).get("num_samples", 0) == sum(flags)
     older = [{k: v for k, v in r.items() if k != "key_near_segment_boundary"} for r in records]
     assert set(train_eval.summarize_eval(older)["by_needle_near_boundary"]) == {"unknown"}
+    patterns = saved["by_key_digits"]  # keys split by how their digits repeat
+    assert sum(v["num_samples"] for v in patterns.values()) == 4
+    assert set(patterns) <= {"distinct", "adjacent_pair", "repeated_apart"}
     assert (tmp_path / "eval" / "summary.json").is_file()
     # The same model: every sample is reused, nothing is generated again.
     calls = []

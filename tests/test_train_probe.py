@@ -113,3 +113,26 @@ def test_the_answer_reader_gives_the_full_forwards_argmax_and_refuses_another_mo
                                   jnp.argmax(other_weights(ids, write_weight=weight)[:, -6:-1], axis=-1))
     with pytest.raises(ValueError, match="another structure"):
         reader(random_model(ModelConfig(**{**cfg.to_dict(), "num_layers": 3}), seed=1))
+
+
+def test_key_digit_patterns_and_the_probe_split_by_them(batcher):
+    """Keys are split by how their digits repeat; a reader that gets only distinct-digit keys right scores 1 on them
+    and 0 on the two repeating kinds."""
+    import numpy as np
+
+    from infini_jax.train_data import key_digit_pattern
+
+    assert [key_digit_pattern(k) for k in ("48213", "55996", "57074", "12321", "10001", "90909")] == [
+        "distinct", "adjacent_pair", "repeated_apart", "repeated_apart", "adjacent_pair", "repeated_apart"]
+    digit = {int(t): i for i, t in enumerate(batcher.digit_ids)}
+
+    def read(ids, weight):  # the appended key, kept only when its digits are distinct
+        keys = np.asarray(ids)[:, -5:]
+        distinct = np.asarray([len({digit[int(t)] for t in row}) == 5 for row in keys])
+        return np.where(distinct[:, None], keys, batcher.digit_ids[0])
+
+    got = virtual_length_probe(read, batcher, context_length=1024, virtual_lengths=(1,), depths=(0, 50, 100),
+                               keys_per_cell=6, seed=3)["by_virtual_length"]["1"]
+    assert got["by_key_digits"]["distinct"] == 1.0
+    assert got["by_key_digits"]["adjacent_pair"] == 0.0 and got["by_key_digits"]["repeated_apart"] == 0.0
+    assert all(key_digit_pattern(k) != "distinct" for k, _ in got["wrong"])
