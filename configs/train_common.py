@@ -164,6 +164,11 @@ def get_config() -> ml_collections.ConfigDict:
     # run (and of H1 at 32K-1M) fell on such keys (docs/training.md). train_demo uses 0.3 (with the next option
     # and r <= 2048; which of the three made the difference is not isolated). 0 = uniform keys.
     d.repeated_digit_share = 0.0
+    # Which earlier digit such a key repeats: "adjacent" (the one before, as above; the demo runs'), "apart" (one
+    # at least two places back, 57074) or "any". Ninth session: the failing runs missed keys repeating a digit
+    # apart as often as adjacent pairs, and uniform keys already hold each kind a third of the time; "apart" and
+    # "any" are tested on CPU, not yet run on a GPU.
+    d.repeated_digit_span = "adjacent"
     # Fraction of passkey rows whose needle (still at a sentence end) has a segment boundary within
     # needle_boundary_window tokens of one of the key's two copies (before, inside or after it). Most errors of
     # the demo runs fall on needles so placed (H2: all 30 at 32K-1M; the previous demo model L2: all 25 at 16K,

@@ -51,6 +51,7 @@ from infini_jax.train_data import (
     check_boundary_digits,
     check_boundary_window,
     check_repeated_digit_share,
+    check_repeated_digit_span,
     check_share,
     check_virtual_length_scope,
     concat_batches,
@@ -319,6 +320,8 @@ class Trainer:
         self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()), num_digits)
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
         self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0), num_digits)
+        self.repeated_digit_span = check_repeated_digit_span(str(_cfg_get(d, "repeated_digit_span", "adjacent")),
+                                                             num_digits)
         self.needle_boundary_share = check_share("needle_boundary_share", _cfg_get(d, "needle_boundary_share", 0.0))
         self.needle_boundary_window = check_boundary_window(_cfg_get(d, "needle_boundary_window", 8),
                                                             self.model_cfg.segment_length)
@@ -393,6 +396,7 @@ class Trainer:
                                              answer_boundary_digits=self.answer_boundary_digits,
                                              key_terminator=self.key_terminator,
                                              repeated_digit_share=self._stage_option(stage, "repeated_digit_share"),
+                                             repeated_digit_span=self.repeated_digit_span,
                                              needle_boundary_share=self._stage_option(stage, "needle_boundary_share"),
                                              needle_boundary_window=self.needle_boundary_window))
         return concat_batches(parts)

@@ -215,22 +215,33 @@ class PasskeyBatcher:
         return ids, snap
 
     # ------------------------------------------------------------------ assembly
-    def draw_keys(self, rng: np.random.Generator, n: int, repeated_digit_share: float = 0.0) -> np.ndarray:
+    def draw_keys(self, rng: np.random.Generator, n: int, repeated_digit_share: float = 0.0,
+                  repeated_digit_span: str = "adjacent") -> np.ndarray:
         """[n, D] digits, uniform over [10**(D-1), 10**D - 1].
 
         ``repeated_digit_share``: the fraction of keys in which one digit (uniform over positions 1..D-1)
         is replaced by its predecessor, so that the key holds a pair of equal adjacent digits (55996). Uniform
         keys already hold one 1 - 0.9**(D-1) of the time (34% for 5 digits). 0 draws nothing extra from
         ``rng`` (the keys and the rest of the data stream are those of a run without the option).
+        ``repeated_digit_span``: which earlier digit is copied: "adjacent" (the predecessor, above), "apart" (one at
+        least two places back, digit ``at`` in 2..D-1: the key repeats a digit apart, 57074, holding an adjacent
+        pair only by chance) or "any" (uniform over the earlier digits; for 5 digits about two thirds of these
+        keys then hold an adjacent pair, a third a repeat apart, as uniform keys do).
         """
         first = rng.integers(1, 10, size=(n, 1))
         rest = rng.integers(0, 10, size=(n, self.num_digits - 1))
         digits = np.concatenate([first, rest], axis=1).astype(np.int32)
         check_repeated_digit_share(repeated_digit_share, self.num_digits)
+        check_repeated_digit_span(repeated_digit_span, self.num_digits)
         if repeated_digit_share > 0:
             rows = np.flatnonzero(rng.random(n) < repeated_digit_share)
-            at = rng.integers(1, self.num_digits, size=len(rows))  # digit `at` copies digit `at - 1`
-            digits[rows, at] = digits[rows, at - 1]
+            lowest = 2 if repeated_digit_span == "apart" else 1
+            at = rng.integers(lowest, self.num_digits, size=len(rows))  # digit `at` copies digit `src` < at
+            if repeated_digit_span == "adjacent":
+                src = at - 1
+            else:  # uniform over 0..at-1 ("any") or 0..at-2 ("apart")
+                src = (rng.random(len(rows)) * (at - lowest + 1)).astype(np.int64)
+            digits[rows, at] = digits[rows, src]
         return digits
 
     def assemble(self, digits: np.ndarray, source: np.ndarray, offset: np.ndarray, pos_raw: np.ndarray,
@@ -311,7 +322,7 @@ class PasskeyBatcher:
                random_answer_position: bool = False, answer_boundary_share: float = 0.0,
                answer_boundary_digits: tuple[int, ...] = (), key_terminator: bool = False,
                repeated_digit_share: float = 0.0, needle_boundary_share: float = 0.0,
-               needle_boundary_window: int = 8) -> dict[str, np.ndarray]:
+               needle_boundary_window: int = 8, repeated_digit_span: str = "adjacent") -> dict[str, np.ndarray]:
         """A training batch (numpy) with the fields of ``BATCH_KEYS`` plus ``needle_start`` / ``digits``.
 
         ``random_answer_position``: the prompt + answer end ``t`` tokens before the row's end (one ``t`` per
@@ -325,7 +336,8 @@ class PasskeyBatcher:
         ends a segment, so the first generated digit opens the next one.
         ``key_terminator``: the token after the key is "." and is a training target, so that a model stops
         writing digits after the key (strict scoring); it needs ``t >= 1``.
-        ``repeated_digit_share``: oversample keys with a pair of equal adjacent digits (``draw_keys``).
+        ``repeated_digit_share`` / ``repeated_digit_span``: oversample keys with a repeated digit, side by side or
+        apart (``draw_keys``).
         ``needle_boundary_share``: the fraction of rows whose needle (still at a sentence end) has a segment
         boundary within ``needle_boundary_window`` tokens of one of the key's two copies (before, inside or
         after it), so that the key or its context is cut between two segments (``needle_near_boundary``).
@@ -353,6 +365,7 @@ class PasskeyBatcher:
         out = self._sample(rng, batch_size, full - shift, force_early=force_early,
                            virtual_length_max=virtual_length_max, prob_r_one=prob_r_one,
                            virtual_length_scope=virtual_length_scope, repeated_digit_share=repeated_digit_share,
+                           repeated_digit_span=repeated_digit_span,
                            needle_boundary_share=needle_boundary_share, needle_boundary_window=needle_boundary_window)
         if shift:
             b = int(batch_size)
@@ -375,13 +388,14 @@ class PasskeyBatcher:
     def _sample(self, rng: np.random.Generator, batch_size: int, seq_len: int, *, force_early: float = 0.0,
                 virtual_length_max: float = 1.0, prob_r_one: float = 0.1,
                 virtual_length_scope: str = "haystack", repeated_digit_share: float = 0.0,
-                needle_boundary_share: float = 0.0, needle_boundary_window: int = 8) -> dict[str, np.ndarray]:
+                needle_boundary_share: float = 0.0, needle_boundary_window: int = 8,
+                repeated_digit_span: str = "adjacent") -> dict[str, np.ndarray]:
         check_virtual_length_scope(virtual_length_scope)
         check_share("needle_boundary_share", needle_boundary_share)
         check_boundary_window(needle_boundary_window, self.segment_length)
         b, s = int(batch_size), int(seq_len)
         n_hay = self.haystack_tokens(s)
-        digits = self.draw_keys(rng, b, repeated_digit_share)
+        digits = self.draw_keys(rng, b, repeated_digit_share, repeated_digit_span)
         source = rng.choice(len(self.sources), size=b, p=self.weights)
         lengths = np.asarray([src.length for src in self.sources])[source]
         raw_offset = (rng.random(b) * lengths).astype(np.int64)
@@ -489,6 +503,19 @@ def check_repeated_digit_share(share: float, num_digits: int) -> float:
     if share > 0 and num_digits < 2:
         raise ValueError(f"data.repeated_digit_share={share} needs keys of >= 2 digits (num_digits={num_digits}).")
     return share
+
+
+REPEATED_DIGIT_SPANS = ("adjacent", "apart", "any")
+
+
+def check_repeated_digit_span(span: str, num_digits: int = 5) -> str:
+    """``data.repeated_digit_span``: which earlier digit an oversampled key repeats."""
+    if span not in REPEATED_DIGIT_SPANS:
+        raise ValueError(f"data.repeated_digit_span={span!r}: use 'adjacent' (the digit before, 55996), 'apart' (one "
+                         "at least two places back, 57074) or 'any' (any earlier digit).")
+    if span == "apart" and num_digits < 3:
+        raise ValueError(f"data.repeated_digit_span='apart' needs keys of >= 3 digits (num_digits={num_digits}).")
+    return span
 
 
 def check_virtual_length_scope(scope: str) -> str:
