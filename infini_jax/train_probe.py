@@ -123,11 +123,12 @@ def check_probe_length(batcher: PasskeyBatcher, context_length: int) -> int:
     return length
 
 
-def virtual_length_probe(forward: Callable, batcher: PasskeyBatcher, *, context_length: int,
+def virtual_length_probe(read: Callable, batcher: PasskeyBatcher, *, context_length: int,
                          virtual_lengths: Iterable[float], depths: Iterable[float], keys_per_cell: int,
                          seed: int) -> dict[str, Any]:
     """Teacher-forced exact match of the key on aligned prompts with the haystack's writes counted r times.
 
+    read: the answer reader of :func:`teacher_forced_answers` (e.g. :func:`jitted_forward`'s).
     Per r: ``keys_per_cell`` uniform keys (from ``seed``, the same for every r) per (depth, haystack). Returns
     ``{"by_virtual_length": {r: {"exact_match", "num_samples", "by_haystack": {name: rate}, "by_key_digits":
     {pattern: rate}, "wrong": [[key, prediction], ...]}}, "min_exact_match": worst r's rate}`` (patterns of
@@ -149,7 +150,7 @@ def virtual_length_probe(forward: Callable, batcher: PasskeyBatcher, *, context_
         for source, name in enumerate(names):
             for depth in depths:
                 keys = ["".join(map(str, k)) for k in batcher.draw_keys(rng, int(keys_per_cell))]
-                got = teacher_forced_answers(forward, batcher, keys, length, depth, source, haystack_weight=r)
+                got = teacher_forced_answers(read, batcher, keys, length, depth, source, haystack_weight=r)
                 pairs[name] += list(zip(keys, got, strict=True))
         every = [p for name in names for p in pairs[name]]
         out["by_virtual_length"][f"{r:g}"] = {
@@ -185,10 +186,10 @@ class Probe:
         self.min_exact_match = float(_get(pr, "min_exact_match", 0.98))
         if not 0 <= self.min_exact_match <= 1:
             raise ValueError(f"probe.min_exact_match={self.min_exact_match} must lie in [0, 1] (a rate).")
-        self._forward = CompiledForward(self.batcher.num_digits)
+        self._read = CompiledForward(self.batcher.num_digits)
 
     def __call__(self, model: InfiniLlama) -> dict[str, Any]:
-        result = virtual_length_probe(self._forward(model), self.batcher, **self.settings)
+        result = virtual_length_probe(self._read(model), self.batcher, **self.settings)
         result["varied_seed"] = self.varied_seed
         result["min_exact_match_wanted"] = self.min_exact_match
         return result

@@ -725,7 +725,7 @@ def test_the_probe_during_training_stays_off_the_clock_and_compiles_once(tmp_pat
     lines = [r for r in trainer.history if "loss" in r]
     assert [r["step"] for r in trainer.history if "probe_exact_match" in r] == [4, 8]
     assert lines[-1]["train_seconds"] < 2.0, lines[-1]  # two probes slept 4 s
-    assert probe._forward._fn._cache_size() == 1  # the second probe reused the first one's program
+    assert probe._read._fn._cache_size() == 1  # the second probe reused the first one's program
 
 
 def test_export_loads_with_load_model(reference_run):
