@@ -223,10 +223,11 @@ class PasskeyBatcher:
         is replaced by its predecessor, so that the key holds a pair of equal adjacent digits (55996). Uniform
         keys already hold one 1 - 0.9**(D-1) of the time (34% for 5 digits). 0 draws nothing extra from
         ``rng`` (the keys and the rest of the data stream are those of a run without the option).
-        ``repeated_digit_span``: which earlier digit is copied: "adjacent" (the predecessor, above), "apart" (one at
-        least two places back, digit ``at`` in 2..D-1: the key repeats a digit apart, 57074, holding an adjacent
-        pair only by chance) or "any" (uniform over the earlier digits; for 5 digits about two thirds of these
-        keys then hold an adjacent pair, a third a repeat apart, as uniform keys do).
+        ``repeated_digit_span``: which earlier digit is copied: "adjacent" (the predecessor, above); "apart" (one at
+        least two places back: the key repeats a digit apart, 57074); "any" (uniform over the earlier digits).
+        With "apart" and "any" the copy is never the last digit, so both occurrences of the repeated digit are
+        followed by a digit, in general two different ones (57074: 7 -> 0 and 7 -> 4): the keys whose digit
+        order the failing runs of the ninth session lost, while a pair at the end (12344) is not such a key.
         """
         first = rng.integers(1, 10, size=(n, 1))
         rest = rng.integers(0, 10, size=(n, self.num_digits - 1))
@@ -235,11 +236,12 @@ class PasskeyBatcher:
         check_repeated_digit_span(repeated_digit_span, self.num_digits)
         if repeated_digit_share > 0:
             rows = np.flatnonzero(rng.random(n) < repeated_digit_share)
-            lowest = 2 if repeated_digit_span == "apart" else 1
-            at = rng.integers(lowest, self.num_digits, size=len(rows))  # digit `at` copies digit `src` < at
             if repeated_digit_span == "adjacent":
+                at = rng.integers(1, self.num_digits, size=len(rows))  # digit `at` copies digit `at - 1`
                 src = at - 1
-            else:  # uniform over 0..at-1 ("any") or 0..at-2 ("apart")
+            else:  # `at` in lowest..D-2 copies a digit uniform over 0..at-lowest (at-1 for "any", at-2 "apart")
+                lowest = 2 if repeated_digit_span == "apart" else 1
+                at = rng.integers(lowest, self.num_digits - 1, size=len(rows))
                 src = (rng.random(len(rows)) * (at - lowest + 1)).astype(np.int64)
             digits[rows, at] = digits[rows, src]
         return digits
@@ -513,8 +515,10 @@ def check_repeated_digit_span(span: str, num_digits: int = 5) -> str:
     if span not in REPEATED_DIGIT_SPANS:
         raise ValueError(f"data.repeated_digit_span={span!r}: use 'adjacent' (the digit before, 55996), 'apart' (one "
                          "at least two places back, 57074) or 'any' (any earlier digit).")
-    if span == "apart" and num_digits < 3:
-        raise ValueError(f"data.repeated_digit_span='apart' needs keys of >= 3 digits (num_digits={num_digits}).")
+    least = {"adjacent": 2, "any": 3, "apart": 4}[span]  # "any" / "apart" copy into digits 1..D-2 / 2..D-2
+    if num_digits < least:
+        raise ValueError(f"data.repeated_digit_span={span!r} needs keys of >= {least} digits "
+                         f"(num_digits={num_digits}).")
     return span
 
 
