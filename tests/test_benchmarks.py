@@ -83,3 +83,21 @@ def test_memory_precision_and_prefill_smoke(tmp_path):
     prefill = [r for r in records if r["section"] == "prefill" and "tokens" in r]
     assert [r["tokens"] for r in prefill] == [512, 2048] and all(r["status"] == "ok" for r in prefill)
     assert all(r["memory_precision"] == "default" for r in prefill)
+
+
+def test_train_throughput_smoke(tmp_path):
+    """Every stage shape of the training config timed per variant, from the same weights and batch (equal first
+    losses on CPU, where the memory precision changes nothing); cuDNN variants are skipped without a GPU."""
+    jsonl = tmp_path / "train.jsonl"
+    _run("train_throughput.py", "--smoke", "--variants", "xla/highest,xla/default,cudnn/default", "--jsonl",
+         str(jsonl))
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    steps = [r for r in records if r.get("kind") == "train_step"]
+    assert [r["variant"] for r in steps] == ["xla/highest", "xla/default"]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 and r["step_s"] > 0 for r in steps)
+    assert steps[0]["seq_len"] == 384 and steps[0]["first_loss_minus_reference"] == 0.0
+    assert abs(steps[1]["first_loss_minus_reference"]) < 1e-5
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert [r["variant"] for r in skipped] == ["cudnn/default"] and "GPU" in skipped[0]["reason"]
+    with pytest.raises(AssertionError, match="ATTENTION/PRECISION"):
+        _run("train_throughput.py", "--smoke", "--variants", "flash/highest")
