@@ -320,8 +320,9 @@ class Trainer:
         self.answer_boundary_digits = check_boundary_digits(_cfg_get(d, "answer_boundary_digits", ()), num_digits)
         self.key_terminator = bool(_cfg_get(d, "key_terminator", False))
         self.repeated_digit_share = check_repeated_digit_share(_cfg_get(d, "repeated_digit_share", 0.0), num_digits)
+        shares = [self.repeated_digit_share, *(st.repeated_digit_share or 0.0 for st in self.stages)]
         self.repeated_digit_span = check_repeated_digit_span(str(_cfg_get(d, "repeated_digit_span", "adjacent")),
-                                                             num_digits)
+                                                             num_digits, max(shares))  # fail now, not at a stage
         self.needle_boundary_share = check_share("needle_boundary_share", _cfg_get(d, "needle_boundary_share", 0.0))
         self.needle_boundary_window = check_boundary_window(_cfg_get(d, "needle_boundary_window", 8),
                                                             self.model_cfg.segment_length)

@@ -195,11 +195,12 @@ class PasskeyBatcher:
         """ids [sources, W] and snap [sources, W + 1] of every haystack tiled to >= n_hay + its length
         tokens (so that any start offset within the first copy has n_hay tokens after it).
 
-        One table is kept, built for up to one segment more than asked: a stage's rows end up to a segment
-        short of its length (``sample``'s answer shift, a new length every batch), and a table built for more
-        haystack tokens gives the same rows (no index reaches past n_hay + the text's length, and ``_snap``
-        at a position depends only on the ends before it). A length far below the table's rebuilds it, so
-        that a long evaluation's table is not kept for short rows."""
+        One table is kept: built for one segment more than asked, and reused for any length from two segments
+        below its own up to it. A stage's rows end up to a segment short of its length (``sample``'s answer
+        shift, a new length every batch), and a table built for more haystack tokens gives the same rows (no
+        index reaches past n_hay + the text's length, and ``_snap`` at a position depends only on the ends
+        before it). A length further below rebuilds it, so that a long evaluation's table is not kept for
+        short rows."""
         built = next(iter(self._tiled), -1)
         if not n_hay <= built <= n_hay + 2 * self.segment_length:
             built = n_hay + self.segment_length
@@ -224,7 +225,8 @@ class PasskeyBatcher:
         keys already hold one 1 - 0.9**(D-1) of the time (34% for 5 digits). 0 draws nothing extra from
         ``rng`` (the keys and the rest of the data stream are those of a run without the option).
         ``repeated_digit_span``: which earlier digit is copied: "adjacent" (the predecessor, above); "apart" (one at
-        least two places back: the key repeats a digit apart, 57074); "any" (uniform over the earlier digits).
+        least two places back: the key repeats a digit apart, 57074); "any" (uniform over the digits before the
+        copied one, which favours neighbours: for 5 digits 73% of these keys hold an adjacent pair).
         With "apart" and "any" the copy is never the last digit, so both occurrences of the repeated digit are
         followed by a digit, in general two different ones (57074: 7 -> 0 and 7 -> 4): the keys whose digit
         order the failing runs of the ninth session lost, while a pair at the end (12344) is not such a key.
@@ -233,7 +235,7 @@ class PasskeyBatcher:
         rest = rng.integers(0, 10, size=(n, self.num_digits - 1))
         digits = np.concatenate([first, rest], axis=1).astype(np.int32)
         check_repeated_digit_share(repeated_digit_share, self.num_digits)
-        check_repeated_digit_span(repeated_digit_span, self.num_digits)
+        check_repeated_digit_span(repeated_digit_span, self.num_digits, repeated_digit_share)
         if repeated_digit_share > 0:
             rows = np.flatnonzero(rng.random(n) < repeated_digit_share)
             if repeated_digit_span == "adjacent":
@@ -510,11 +512,14 @@ def check_repeated_digit_share(share: float, num_digits: int) -> float:
 REPEATED_DIGIT_SPANS = ("adjacent", "apart", "any")
 
 
-def check_repeated_digit_span(span: str, num_digits: int = 5) -> str:
-    """``data.repeated_digit_span``: which earlier digit an oversampled key repeats."""
+def check_repeated_digit_span(span: str, num_digits: int, share: float) -> str:
+    """``data.repeated_digit_span``: which earlier digit an oversampled key repeats; with a ``share`` above 0 the
+    keys must be long enough for it."""
     if span not in REPEATED_DIGIT_SPANS:
         raise ValueError(f"data.repeated_digit_span={span!r}: use 'adjacent' (the digit before, 55996), 'apart' (one "
                          "at least two places back, 57074) or 'any' (any earlier digit).")
+    if not share:
+        return span
     least = {"adjacent": 2, "any": 3, "apart": 4}[span]  # "any" / "apart" copy into digits 1..D-2 / 2..D-2
     if num_digits < least:
         raise ValueError(f"data.repeated_digit_span={span!r} needs keys of >= {least} digits "

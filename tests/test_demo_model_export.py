@@ -65,7 +65,8 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_on
 
 
 # Options added after the shipped model was trained whose "off" value is not 0 / empty: the value it was trained with.
-NEUTRAL_LATER_OPTIONS = {"varied_texts": 1}  # one generated text
+NEUTRAL_LATER_OPTIONS = {"varied_texts": 1,  # one generated text
+                         "repeated_digit_span": "adjacent"}  # the repeated digit copies its predecessor
 
 
 def _without_later_options(ours, shipped):

@@ -172,7 +172,7 @@ def _successor_is_ambiguous(key) -> bool:
     return any(len(s) > 1 for s in after.values())
 
 
-def test_repeated_digit_span_chooses_which_earlier_digit_is_repeated(batcher):
+def test_repeated_digit_span_chooses_which_earlier_digit_is_repeated(batcher, tok):
     """span "apart" copies a digit at least two places back (57074), "any" any earlier one, both never into the
     last digit, so that nearly every such key has a digit followed by two different digits; "adjacent" (the
     default) is the former stream, key for key."""
@@ -201,6 +201,16 @@ def test_repeated_digit_span_chooses_which_earlier_digit_is_repeated(batcher):
     assert all(len(set(k.tolist())) < 5 for k in batch["digits"])
     with pytest.raises(ValueError, match="repeated_digit_span"):
         batcher.draw_keys(np.random.default_rng(0), 2, 0.5, "far")
+    with pytest.raises(ValueError, match="repeated_digit_span"):
+        batcher.draw_keys(np.random.default_rng(0), 2, 0.0, "far")  # a misspelt span is refused even when off
+    # Keys too short for a span are refused only when keys are oversampled: 1-digit keys work with the share at 0.
+    one = PasskeyBatcher(tok, segment_length=SEG, num_digits=1,
+                         haystacks={"classic": CLASSIC_HAYSTACK})
+    assert one.draw_keys(np.random.default_rng(0), 3).shape == (3, 1)
+    three = PasskeyBatcher(tok, segment_length=SEG, num_digits=3,
+                           haystacks={"classic": CLASSIC_HAYSTACK})
+    with pytest.raises(ValueError, match=">= 4 digits"):
+        three.draw_keys(np.random.default_rng(0), 3, 0.5, "apart")
 
 
 def _answer_keys(trainer, batch) -> np.ndarray:
