@@ -165,9 +165,9 @@ def get_config() -> ml_collections.ConfigDict:
     # and r <= 2048; which of the three made the difference is not isolated). 0 = uniform keys.
     d.repeated_digit_share = 0.0
     # Which earlier digit such a key repeats: "adjacent" (the one before, as above; the demo runs'), "apart" (one
-    # at least two places back, 57074) or "any". Ninth session: the failing runs missed keys repeating a digit
-    # apart as often as adjacent pairs, and uniform keys already hold each kind a third of the time; "apart" and
-    # "any" are tested on CPU, not yet run on a GPU.
+    # at least two places back, 57074) or "any". The last two never copy into the last digit, so nearly every such
+    # key has a digit followed by two different digits (7 -> 0 and 7 -> 4), the keys the ninth session's failing
+    # runs missed (docs/training.md); tested on CPU, not yet run on a GPU.
     d.repeated_digit_span = "adjacent"
     # Fraction of passkey rows whose needle (still at a sentence end) has a segment boundary within
     # needle_boundary_window tokens of one of the key's two copies (before, inside or after it). Most errors of
