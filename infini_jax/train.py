@@ -368,6 +368,11 @@ class Trainer:
     def model(self) -> InfiniLlama:
         return nnx.merge(self.graphdef, self.state)[0]
 
+    def one_device_model(self) -> InfiniLlama:
+        """The current model on one device (the probe and the evaluation run there)."""
+        model = self.model()
+        return model if self.mesh is None else _to_one_device(model)
+
     # ------------------------------------------------------------------ data
     def _draw_batch_shape(self, stage: Stage) -> tuple[int, int, float]:
         """(rows, tokens per row, virtual_length_max) of the next batch: the stage's, or, in a share
@@ -528,8 +533,7 @@ class Trainer:
                 self._probe_warned = True
             return None
         t0 = time.perf_counter()
-        model = self.model() if self.mesh is None else _to_one_device(self.model())
-        result = self.probe(model)
+        result = self.probe(self.one_device_model())
         rec = {"step": self.step, "stage": self.curriculum.stage.name,
                "probe_exact_match": {r: v["exact_match"] for r, v in result["by_virtual_length"].items()},
                "probe_min_exact_match": result["min_exact_match"]}
@@ -721,8 +725,7 @@ def run(config) -> dict[str, Any]:
            "closing_far_accuracy": closing}
     if jax.process_index() == 0:
         out["model_dir"] = str(trainer.export())
-        model = trainer.model()
-        model = model if trainer.mesh is None else _to_one_device(model)
+        model = trainer.one_device_model()
         out["probe"] = run_probe(config, model, trainer.tokenizer, trainer.workdir, probe=trainer.probe)
         out["eval"] = run_eval(config, model, trainer.tokenizer, trainer.workdir,
                                model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen})

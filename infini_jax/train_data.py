@@ -176,7 +176,8 @@ class PasskeyBatcher:
         a, b, c = (len(p) for p in self.needle_parts)
         self.needle_len = a + b + c + 2 * self.num_digits
         self.copy_offset = a + self.num_digits + b  # second copy of the key, from the needle's start
-        self._tiled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._table_tokens = -1  # haystack tokens _table was built for (-1: none yet)
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ sizes
     def fixed_tokens(self, with_answer: bool = True) -> int:
@@ -201,11 +202,10 @@ class PasskeyBatcher:
         index reaches past n_hay + the text's length, and ``_snap`` at a position depends only on the ends
         before it). A length further below rebuilds it, so that a long evaluation's table is not kept for
         short rows."""
-        built = next(iter(self._tiled), -1)
-        if not n_hay <= built <= n_hay + 2 * self.segment_length:
-            built = n_hay + self.segment_length
-            self._tiled = {built: self._build_table(built)}
-        return self._tiled[built]
+        if not n_hay <= self._table_tokens <= n_hay + 2 * self.segment_length:
+            self._table_tokens = n_hay + self.segment_length
+            self._table = self._build_table(self._table_tokens)
+        return self._table
 
     def _build_table(self, n_hay: int) -> tuple[np.ndarray, np.ndarray]:
         """``_stacked``'s table for exactly ``n_hay`` haystack tokens."""

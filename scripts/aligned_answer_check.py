@@ -29,13 +29,14 @@ import numpy as np
 from infini_jax import load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
+from infini_jax.train_data import key_digit_pattern
 from infini_jax.train_eval import evaluation_batcher
 from infini_jax.train_probe import jitted_forward, teacher_forced_answers
 
 
 def has_adjacent_repeat(key: str) -> bool:
     """Whether ``key`` holds two equal adjacent digits (``55996``: yes; ``12608``: no)."""
-    return any(a == b for a, b in zip(key, key[1:], strict=False))
+    return key_digit_pattern(key) == "adjacent_pair"
 
 
 def exact_rate(pairs: list[tuple[str, str]]) -> str:

@@ -3,7 +3,7 @@
 The evaluation's cells share their needle's place (one depth, one haystack), so a model that fails at one place
 fails the whole cell. This script moves the needle in small depth steps (each snapped to a sentence end, as the
 evaluation does), answers ``--keys_per_position`` keys at each distinct place with
-``aligned_answer_check.teacher_forced_answers`` (exact under teacher forcing = what greedy decoding writes), and
+``infini_jax.train_probe.teacher_forced_answers`` (exact under teacher forcing = what greedy decoding writes), and
 reports where in its segment each copy of the key sits (the needle holds the key twice). The summary splits the
 places by whether a segment boundary falls within ``--window`` tokens of a copy of the key (before, inside or
 after it; ``infini_jax.train_data.key_copy_near_boundary``)::
@@ -19,14 +19,13 @@ import argparse
 import json
 
 import numpy as np
-from aligned_answer_check import teacher_forced_answers
 
 from infini_jax import load_model
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
 from infini_jax.data.tokenizer import load_tokenizer
 from infini_jax.train_data import PasskeyBatcher, key_copy_near_boundary
 from infini_jax.train_eval import evaluation_batcher
-from infini_jax.train_probe import jitted_forward
+from infini_jax.train_probe import jitted_forward, teacher_forced_answers
 
 HAYSTACKS = ("classic", "varied")
 
