@@ -11,7 +11,9 @@ resumable Orbax checkpoints, JSON-lines metrics, export and a final passkey eval
 2. Resume from ``workdir/checkpoints`` when it holds a checkpoint (parameters, optimizer state, step,
    data RNG, curriculum and clock): re-running the same command continues the run exactly.
 3. Train until the budget (``total_steps`` or ``total_seconds``) is used, advancing the curriculum;
-   log every ``log_every`` steps to ``workdir/metrics.jsonl``; save every ``save_every`` steps.
+   log every ``log_every`` steps to ``workdir/metrics.jsonl``; save every ``save_every`` steps. With
+   ``session_seconds`` > 0 one invocation trains at most that many seconds, saves and stops before step 4
+   (a budget spread over several sessions or time-limited machines: run the same command again to go on).
 4. Export ``workdir/model`` (a converted directory for ``load_model``, with ``model_card.json``
    ``"trained": true`` and ``training_config.json``), run the virtual-length probe when enabled
    (``workdir/probe.json``, ``train_probe``), then evaluate it on freshly generated prompts (held-out keys and
@@ -229,6 +231,10 @@ class Trainer:
         self.total_seconds = float(_cfg_get(config, "total_seconds", 0) or 0)
         if self.total_steps <= 0 and self.total_seconds <= 0:
             raise ValueError("Set a training budget: config.total_steps > 0 or config.total_seconds > 0.")
+        self.session_seconds = float(_cfg_get(config, "session_seconds", 0) or 0)
+        if self.session_seconds < 0:
+            raise ValueError(f"config.session_seconds={self.session_seconds} must be >= 0 (0: train to the end of the "
+                             "budget in one invocation).")
         self.log_every = max(1, int(_cfg_get(config, "log_every", 25)))
         self.save_every = int(_cfg_get(config, "save_every", 0) or 0)
         if self.save_every % self.log_every:
@@ -364,6 +370,11 @@ class Trainer:
     @property
     def done(self) -> bool:
         return self.progress >= 1.0
+
+    def session_over(self, session_start: float) -> bool:
+        """Whether this invocation has trained its ``session_seconds`` (training seconds since ``session_start``,
+        the clock's reading when it began; never with ``session_seconds`` 0)."""
+        return self.session_seconds > 0 and self.clock.elapsed - session_start >= self.session_seconds
 
     def model(self) -> InfiniLlama:
         return nnx.merge(self.graphdef, self.state)[0]
@@ -553,7 +564,9 @@ class Trainer:
                          "stage_config": dataclasses.asdict(self.curriculum.stage)})
         lr = self.optim.factors(self.step, self.progress, self.warmup_end_progress)
         self._interval_start = time.perf_counter()
-        while not self.done and (stop_at_step is None or self.step < stop_at_step):
+        session_start = self.clock.elapsed
+        while (not self.done and (stop_at_step is None or self.step < stop_at_step)
+               and not self.session_over(session_start)):
             self.clock.start()
             event = self.curriculum.update(self.progress, self.step)
             if event is not None:
@@ -711,6 +724,12 @@ def run(config) -> dict[str, Any]:
                  sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(trainer.model(), nnx.Param))),
                  f"{trainer.total_steps} steps" if trainer.total_steps else f"{trainer.total_seconds:.0f} s")
     trainer.train()
+    if not trainer.done:  # session_seconds used up: the checkpoint holds everything, a re-run goes on
+        logging.info("Stopped after this session's %g training seconds at step %d (%.1f%% of the budget, stage "
+                     "%s); run the same command again to continue. Export, probe and evaluation come at the end.",
+                     trainer.session_seconds, trainer.step, 100 * trainer.progress, trainer.curriculum.stage.name)
+        return {"workdir": str(trainer.workdir), "steps": trainer.step, "train_seconds": trainer.clock.elapsed,
+                "finished": False}
     closing = trainer.closing_far_accuracy()
     if closing is not None and closing < CLOSING_FAR_ACCURACY_WARNING:
         logging.warning("Far-needle training accuracy over the last %d steps is %.3f, below %.2f: the demo-recipe runs "
@@ -721,7 +740,7 @@ def run(config) -> dict[str, Any]:
     elif closing is not None:
         logging.info("Far-needle training accuracy over the last %d steps: %.3f", CLOSING_WINDOW_STEPS, closing)
     out = {"workdir": str(trainer.workdir), "steps": trainer.step, "train_seconds": trainer.clock.elapsed,
-           "final_metrics": next((r for r in reversed(trainer.history) if "loss" in r), None),
+           "finished": True, "final_metrics": next((r for r in reversed(trainer.history) if "loss" in r), None),
            "closing_far_accuracy": closing}
     if jax.process_index() == 0:
         out["model_dir"] = str(trainer.export())

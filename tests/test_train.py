@@ -659,6 +659,31 @@ def test_a_resume_at_a_stage_change_logs_the_change_once(reference_run, tmp_path
         Trainer(config)
 
 
+def test_session_seconds_spreads_the_budget_over_invocations_with_the_identical_losses(reference_run, tmp_path):
+    """session_seconds: each invocation trains that long, saves and stops (no export); the same command again goes
+    on. A tiny limit stops after one step, so three short sessions and a last unlimited one give the uninterrupted
+    run's losses and log each step once."""
+    from infini_jax.train import run
+
+    config = _config(tmp_path)
+    config.session_seconds = 1e-9
+    for step in (1, 2, 3):
+        out = run(config)
+        assert not out["finished"] and out["steps"] == step and "model_dir" not in out
+        assert not (tmp_path / "model").exists()
+    config.session_seconds = 0.0
+    out = run(config)
+    assert out["finished"] and out["steps"] == 24 and (tmp_path / "model").is_dir()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    got = {r["step"]: r["loss"] for r in lines if "loss" in r}
+    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 25))
+    ref = _losses(reference_run.history)
+    assert all(got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-6) for step in ref)
+    config.session_seconds = -1.0
+    with pytest.raises(ValueError, match="session_seconds"):
+        Trainer(config)
+
+
 def test_closing_far_accuracy_averages_the_logged_intervals_of_the_last_steps():
     records = [{"event": "stage", "step": 0}] + [
         {"step": step, "loss": 1.0, "far_accuracy": acc} for step, acc in
