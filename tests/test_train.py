@@ -659,29 +659,40 @@ def test_a_resume_at_a_stage_change_logs_the_change_once(reference_run, tmp_path
         Trainer(config)
 
 
-def test_session_seconds_spreads_the_budget_over_invocations_with_the_identical_losses(reference_run, tmp_path):
-    """session_seconds: each invocation trains that long, saves and stops (no export); the same command again goes
-    on. A tiny limit stops after one step, so three short sessions and a last unlimited one give the uninterrupted
-    run's losses and log each step once."""
+def test_session_seconds_spreads_the_budget_over_invocations_with_the_identical_metrics(tmp_path):
+    """session_seconds: each invocation trains that long, stops at the next log line, saves and returns without an
+    export; the same command again goes on. A tiny limit stops at the first log line (2 steps), so two short sessions
+    (the second ends at the stage change) and a last unlimited one log what one uninterrupted run logs."""
     from infini_jax.train import run
 
-    config = _config(tmp_path)
-    config.session_seconds = 1e-9
-    for step in (1, 2, 3):
-        out = run(config)
+    def config(workdir):
+        c = _config(workdir, total_steps=8)  # stage change at step 4
+        c.log_every, c.save_every = 2, 4
+        return c
+
+    def lines(workdir):
+        records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: r.get(k) for k in ("step", "stage", "event", "to", "loss", "far_accuracy", "tokens_seen")}
+                for r in records]
+
+    run(config(tmp_path / "ref"))
+    split = config(tmp_path / "split")
+    split.session_seconds = 1e-9
+    for step in (2, 4):
+        out = run(split)
         assert not out["finished"] and out["steps"] == step and "model_dir" not in out
-        assert not (tmp_path / "model").exists()
-    config.session_seconds = 0.0
-    out = run(config)
-    assert out["finished"] and out["steps"] == 24 and (tmp_path / "model").is_dir()
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    got = {r["step"]: r["loss"] for r in lines if "loss" in r}
-    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 25))
-    ref = _losses(reference_run.history)
-    assert all(got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-6) for step in ref)
-    config.session_seconds = -1.0
+        assert not (tmp_path / "split" / "model").exists()
+    split.session_seconds = 0.0
+    out = run(split)
+    assert out["finished"] and out["steps"] == 8 and (tmp_path / "split" / "model").is_dir()
+    want, got = lines(tmp_path / "ref"), lines(tmp_path / "split")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 2, 4, 4, 6, 8]  # the stage event at 4
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"] == (None if b["loss"] is None else pytest.approx(b["loss"], rel=1e-6, abs=1e-6)), (a, b)
+        assert {k: v for k, v in a.items() if k != "loss"} == {k: v for k, v in b.items() if k != "loss"}
+    split.session_seconds = -1.0
     with pytest.raises(ValueError, match="session_seconds"):
-        Trainer(config)
+        Trainer(split)
 
 
 def test_closing_far_accuracy_averages_the_logged_intervals_of_the_last_steps():
