@@ -13,10 +13,10 @@ Why: the training log's far-needle accuracy averages over rows where the answer 
 over short virtual lengths, and it did not tell apart the demo runs that met the long-context targets from
 some that failed (docs/training.md, eighth session: W1 ended at 0.996 and answered 62.7% at 1M). On the fourteen
 GPU-trained demo models of sessions five to eight (CPU, fp32, the default settings) every model below 98% at
-r = 128 had missed the targets (9 of 9; 11 of 11 with the ninth session's two, probed in training); of the 5 at or
-above it, 3 had met them and 2 reached 97-99% at 32K-1M. Necessary, not sufficient: 88 prompts cannot resolve
-99%. Per r it runs ``haystacks x depths`` forward calls of ``keys_per_cell`` rows (22 x 4 by default); each
-computes the logits of the key's positions only.
+r = 128 had missed the targets (9 of 9; 12 of 12 with the three of sessions nine and ten, probed in training); of the
+5 at or above it, 3 had met them and 2 reached 97-99% at 32K-1M (K1, tenth session, met them at 32K-1M too).
+Necessary, not sufficient: 88 prompts cannot resolve 99%. Per r it runs ``haystacks x depths`` forward calls of
+``keys_per_cell`` rows (22 x 4 by default); each computes the logits of the key's positions only.
 """
 
 from __future__ import annotations
