@@ -103,8 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------ budget and bookkeeping
     c.total_steps = 0  # > 0: a step budget (deterministic, exactly resumable); 0: use total_seconds
     c.total_seconds = 360.0  # time budget (training seconds; compilation, checkpoints and logs not counted)
-    # > 0: this invocation trains at most this many seconds, saves a checkpoint and stops (no export or evaluation);
-    # the same command run again continues. Spreads a budget over time-limited sessions (Colab, a 10-minute job).
+    # > 0: this invocation stops at the first log line after this many training seconds with a checkpoint (no export,
+    # final probe or evaluation); the same command run again continues. For time-limited sessions (Colab, a job limit).
     c.session_seconds = 0.0
     c.log_every = 25  # steps per metrics.jsonl line
     c.save_every = 500  # steps between checkpoints (and one at the end), a multiple of log_every; 0 = only at the end

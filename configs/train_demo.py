@@ -26,8 +26,8 @@ stage-0 gate (eighth session: ``--config.curriculum.stage_0.advance_window_steps
 job runs the virtual-length probe (``probe.json``: aligned 8K prompts, haystack writes x 128; every run below 0.98
 missed the targets, see ``infini_jax/train_probe.py``). The ``fast`` variant (tenth session, K0 / K1) trains with cuDNN
 attention and one-pass memory einsums, 1.35x the steps per second, for 380 s so that training and evaluation fit a
-600 s job: seeds 1 / 2 gave 100% at 32K-1M (and 1K-32K on CPU in fp32), seeds 0 / 1 67-73%. docs/training.md has
-every run.
+600 s job: seeds 1 / 2 gave 100% at 32K-1M (and at 1K, 2K and 8K-32K on CPU in fp32), seeds 0 / 1 67-73%.
+docs/training.md has every run.
 
 Model: byte-level demo tokenizer (260 ids, vocab padded to 384), 4 layers, hidden 256, 4 heads x 64, SwiGLU 768,
 segments of 256 tokens, gate sigmoid(beta) with beta = 0 at init, memory_query "rotated" (nanotron's numerics).

@@ -12,8 +12,8 @@ resumable Orbax checkpoints, JSON-lines metrics, export and a final passkey eval
    data RNG, curriculum and clock): re-running the same command continues the run exactly.
 3. Train until the budget (``total_steps`` or ``total_seconds``) is used, advancing the curriculum;
    log every ``log_every`` steps to ``workdir/metrics.jsonl``; save every ``save_every`` steps. With
-   ``session_seconds`` > 0 one invocation trains at most that many seconds, saves and stops before step 4
-   (a budget spread over several sessions or time-limited machines: run the same command again to go on).
+   ``session_seconds`` > 0 one invocation stops at the first log line after that many training seconds, saves
+   and returns before step 4 (a budget spread over time-limited sessions: run the same command again to go on).
 4. Export ``workdir/model`` (a converted directory for ``load_model``, with ``model_card.json``
    ``"trained": true`` and ``training_config.json``), run the virtual-length probe when enabled
    (``workdir/probe.json``, ``train_probe``), then evaluate it on freshly generated prompts (held-out keys and
@@ -236,6 +236,9 @@ class Trainer:
         if self.session_seconds < 0:
             raise ValueError(f"config.session_seconds={self.session_seconds} must be >= 0 (0: train to the end of the "
                              "budget in one invocation).")
+        if self.session_seconds and jax.process_count() > 1:
+            # Each process reads its own clock, so processes could stop at different steps and hang a collective.
+            raise ValueError("config.session_seconds is for single-process jobs; set it to 0 in a multi-process run.")
         self.log_every = max(1, int(_cfg_get(config, "log_every", 25)))
         self.save_every = int(_cfg_get(config, "save_every", 0) or 0)
         if self.save_every % self.log_every:

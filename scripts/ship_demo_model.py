@@ -12,11 +12,12 @@ What it writes, from the training job's ``workdir/model`` (``model_card.json`` w
   ``tests/test_demo_model_export.py``);
 * ``evaluation_h200.json``: ``train_eval.summarize_eval`` over the ``--results`` files (the evaluation's
   ``results.jsonl``; a file given twice counted once), with ``--note``;
-* ``model_card.json``: the run's card with the run's name, the exact match per length and how the weights were
-  stored.
+* ``model_card.json``: the run's card with the run's name, the exact match per length with ``--note`` (say whether
+  it was measured on these bf16 weights or on the fp32 export) and how the weights were stored.
 
-It refuses a source without a trained model card or its training config, missing or empty results files, and a
-destination that is not empty unless ``--overwrite``. Measure the model in the numerics it ships with (the export's
+It refuses a source without a trained model card or its training config, a missing or empty results file, a
+destination that is the source, and one that is not empty unless ``--overwrite``; the directory is built aside and
+swapped in whole. Measure the model in the numerics it ships with (the export's
 numerics are the training's: evaluate it with ``--config.eval_only=True`` on a copy whose ``infini_config.json``
 says ``xla`` / ``highest``).
 """
@@ -28,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,26 +43,32 @@ from infini_jax.train_eval import summarize_eval  # noqa: E402
 
 DEMO_MODEL_PATH = Path(DEMO_TOKENIZER_PATH).parent / "demo_model"
 EVALUATION_FILE = "evaluation_h200.json"
-SHIPPED_NUMERICS = {"attention_impl": "xla", "memory_precision": "highest"}  # nanotron's code path
+SHIPPED_NUMERICS = {"attention_impl": "xla", "memory_precision": "highest", "memory_dtype": "float32"}  # nanotron's
 
 
 def pooled_records(paths: list[str]) -> list[dict]:
     """The records of the results files, each file once (the same path given twice counts once). Prompt ids repeat
     across evaluation seeds (``--config.eval.seed``), so records are not merged by id."""
-    files = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
-    for path in files:
+    records = []
+    for path in dict.fromkeys(str(Path(p).resolve()) for p in paths):
         if not Path(path).is_file():
             raise FileNotFoundError(f"--results {path}: no such file (pass the evaluation's results.jsonl).")
-    records = read_results(files)
-    if not records:
-        raise ValueError(f"--results {paths}: no evaluation records in them.")
+        found = read_results(path)
+        if not found:
+            raise ValueError(f"--results {path}: no evaluation records in it.")
+        records += found
     return records
 
 
 def ship(source: str | Path, dest: str | Path, *, name: str, results: list[str], note: str,
          overwrite: bool = False) -> Path:
-    """Writes the demo model directory ``dest`` from the trained export ``source``. Returns ``dest``."""
-    source, dest = Path(source), Path(dest)
+    """Writes the demo model directory ``dest`` from the trained export ``source``, all or nothing: it is built in
+    a temporary sibling and swapped in at the end. Returns ``dest``."""
+    source, dest = Path(source).resolve(), Path(dest).resolve()
+    if dest == source or source.is_relative_to(dest):
+        raise ValueError(f"--dest {dest} would replace the source {source}; ship to another directory.")
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it.")
     card_path = source / MODEL_CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     if not card.get("trained"):
@@ -72,17 +80,32 @@ def ship(source: str | Path, dest: str | Path, *, name: str, results: list[str],
     records = pooled_records(results)
     model = load_model(source, dtype="bfloat16", param_dtype="bfloat16", **SHIPPED_NUMERICS)
     evaluation = summarize_eval(records) | {"note": note}
-    save_converted(model, dest, overwrite=overwrite)
-    shutil.copyfile(source / TRAINING_CONFIG_FILE, dest / TRAINING_CONFIG_FILE)
-    (dest / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
-    card |= {"description": f"Run {name}, trained with infini_jax.train (training_config.json); evaluated as "
-                            f"{EVALUATION_FILE} says: {note}",
-             "exact_match_h200": {k: round(v["exact_match"], 4) for k, v in sorted(
-                 evaluation["by_context_length"].items(), key=lambda kv: int(kv[0]))},
-             "weights": "bfloat16: the trained fp32 weights rounded once (the dtype of nanotron checkpoints; the "
-                        "nanotron export is bit-exact); numerics set to nanotron's (XLA attention, fp32 memory "
-                        "einsums)"}
-    (dest / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=dest.name + ".ship-", dir=dest.parent))
+    try:
+        save_converted(model, build, overwrite=True)  # the empty temporary directory
+        shutil.copyfile(source / TRAINING_CONFIG_FILE, build / TRAINING_CONFIG_FILE)
+        (build / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+        card |= {"description": f"Run {name}, trained with infini_jax.train (training_config.json); evaluated as "
+                                f"{EVALUATION_FILE} says.",
+                 "exact_match_h200": {k: round(v["exact_match"], 4) for k, v in sorted(
+                     evaluation["by_context_length"].items(), key=lambda kv: int(kv[0]))},
+                 "exact_match_h200_note": note,
+                 "weights": "bfloat16: the trained fp32 weights rounded once (the dtype of nanotron checkpoints; the "
+                            "nanotron export is bit-exact); numerics set to nanotron's (XLA attention, fp32 memory "
+                            "and memory einsums)"}
+        (build / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=dest.name + ".old-", dir=dest.parent))
+            old.rmdir()
+            dest.rename(old)
+            build.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            build.rename(dest)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
     return dest
 
 

@@ -73,8 +73,20 @@ def test_ship_rounds_to_bf16_sets_nanotrons_numerics_and_summarizes_the_results(
     assert "Run K9" in card["description"]
     assert (dest / "training_config.json").read_bytes() == (trained_export / "training_config.json").read_bytes()
 
+    assert json.loads((dest / "infini_config.json").read_text())["memory_dtype"] == "float32"
+    assert card["exact_match_h200_note"] == "four prompts"
+    leftovers = sorted(p.name for p in dest.parent.iterdir())
+    assert leftovers == ["demo", "results.jsonl", "run", "seed2.jsonl"]  # no temporary directory left
     with pytest.raises(FileExistsError, match="overwrite"):
         ship_demo_model.ship(trained_export, dest, name="K9", results=[str(results)], note="again")
+    with pytest.raises(ValueError, match="replace the source"):
+        ship_demo_model.ship(trained_export, trained_export.parent, name="K9", results=[str(results)], note="",
+                             overwrite=True)
+    with pytest.raises(ValueError, match="no evaluation records"):
+        (tmp_path / "empty.jsonl").write_text("")
+        ship_demo_model.ship(trained_export, dest, name="K9", results=[str(results), str(tmp_path / "empty.jsonl")],
+                             note="", overwrite=True)
+    assert json.loads((dest / "evaluation_h200.json").read_text())["note"] == "four prompts"  # left as it was
     ship_demo_model.main([str(trained_export), "--name", "K9", "--results", str(results), "--note", "again",
                           "--dest", str(dest), "--overwrite"])
     assert json.loads((dest / "evaluation_h200.json").read_text())["note"] == "again"
