@@ -53,18 +53,24 @@ def save_converted(model: InfiniLlama, output_dir: str | Path, *, nanotron_yaml:
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, params)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def swap_in(built: Path, out: Path) -> None:
+    """Puts the finished directory ``built`` (a sibling of ``out``) at ``out``, replacing what was there; the old
+    directory is removed only once the new one is in place."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
+        old.rmdir()
+        out.rename(old)
+        built.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        built.rename(out)
 
 
 def read_converted_config(path: str | Path, **overrides) -> ModelConfig:

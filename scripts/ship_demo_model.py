@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from infini_jax.api import load_model  # noqa: E402
-from infini_jax.checkpoint import save_converted  # noqa: E402
+from infini_jax.checkpoint import save_converted, swap_in  # noqa: E402
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH  # noqa: E402
 from infini_jax.results import read_results  # noqa: E402
 from infini_jax.train import MODEL_CARD_FILE, TRAINING_CONFIG_FILE  # noqa: E402
@@ -95,14 +95,7 @@ def ship(source: str | Path, dest: str | Path, *, name: str, results: list[str],
                             "nanotron export is bit-exact); numerics set to nanotron's (XLA attention, fp32 memory "
                             "and memory einsums)"}
         (build / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=dest.name + ".old-", dir=dest.parent))
-            old.rmdir()
-            dest.rename(old)
-            build.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            build.rename(dest)
+        swap_in(build, dest)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
