@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import ROOT
 
 from infini_jax import GenerationConfig, Generator, load_model
@@ -43,9 +44,10 @@ def test_demo_model_is_trained_and_exports_to_nanotron_with_identical_generation
     assert [tok.decode(t) for t in ours] == ["48213", "90517"]  # and the trained model retrieves the keys
 
 
-def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_one():
+def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_earlier_ones():
     """configs/train_demo.py holds the shipped model's recipe (its training_config.json, up to where and how the
-    run was written and evaluated); the ``r256`` variant is the previous demo model's (L2)."""
+    run was written and evaluated); ``xla`` differs only in the numerics, ``b2`` is the previous demo model's recipe
+    (B2) and ``r256`` the one before (L2)."""
     from configs import train_demo
     from infini_jax.train_schedule import stages_from_config
 
@@ -55,6 +57,21 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_on
                 "init_std", "stop_gradient_between_segments", "tokenizer"):
         assert _without_later_options(ours[key], shipped[key]) == shipped[key], key
     assert ours["curriculum"]["stage_2"]["virtual_length_max"] == 2048.0
+    assert (ours["model"]["attention_impl"], ours["model"]["memory_precision"]) == ("cudnn", "default")
+
+    def as_dict(variant):
+        return json.loads(json.dumps(train_demo.get_config(variant).to_dict()))
+
+    def differences(a, b):
+        return {k: b[k] for k in a if a[k] != b[k]}
+
+    portable = as_dict("xla")  # the same recipe in XLA numerics
+    assert set(differences(ours, portable)) == {"model"}
+    assert differences(ours["model"], portable["model"]) == {"attention_impl": "xla", "memory_precision": "highest"}
+    b2 = as_dict("b2")  # B2: the K recipe is B2's with other numerics, seeds and budget
+    assert set(differences(ours, b2)) == {"model", "seed", "data_seed", "total_seconds"}
+    assert (b2["seed"], b2["data_seed"], b2["total_seconds"]) == (2, 3, 450.0)
+    assert b2["model"] == portable["model"]
     previous = train_demo.get_config("r256")
     assert previous.curriculum.stage_2.virtual_length_max == 256.0
     assert previous.data.needle_boundary_share == 0.0 and previous.data.repeated_digit_share == 0.0
@@ -62,10 +79,10 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_r256_the_previous_on
     assert (last.short_share, last.short_seq_len, last.virtual_length_max) == (0.3, 1024, 2048.0)
     late = stages_from_config(train_demo.get_config("late_options").curriculum)  # the sixth session's P runs
     assert [(s.repeated_digit_share, s.needle_boundary_share) for s in late] == [(0.0, 0.0), (0.0, 0.0), (None, None)]
-    fast = json.loads(json.dumps(train_demo.get_config("fast").to_dict()))  # the tenth session's K runs
-    assert {k for k in ours if fast[k] != ours[k]} == {"model", "total_seconds"} and fast["total_seconds"] == 380.0
-    assert {k: v for k, v in fast["model"].items() if ours["model"][k] != v} == {
-        "attention_impl": "cudnn", "memory_precision": "default"}  # only the numerics and the budget differ
+    for variant in ("r256", "short_rows", "late_options"):  # modify B2's recipe
+        assert (as_dict(variant)["seed"], as_dict(variant)["model"]) == (2, b2["model"]), variant
+    with pytest.raises(ValueError, match="Unknown variant 'fast'"):
+        train_demo.get_config("fast")
 
 
 # Options added after the shipped model was trained whose "off" value is not 0 / empty: the value it was trained with.
@@ -81,3 +98,18 @@ def _without_later_options(ours, shipped):
     later = set(ours) - set(shipped)
     assert all(not ours[k] or NEUTRAL_LATER_OPTIONS.get(k) == ours[k] for k in later), {k: ours[k] for k in later}
     return {k: _without_later_options(v, shipped[k]) for k, v in ours.items() if k in shipped}
+
+
+def test_cudnn_attention_off_a_gpu_names_the_fix():
+    """The demo recipe trains with cuDNN attention; on a CPU the model says so and how to switch, rather than
+    JAX's 'cuDNN is not detected'."""
+    import jax
+    import jax.numpy as jnp
+
+    from infini_jax.attention import segment_attention
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU backend runs cuDNN attention")
+    q = jnp.zeros((1, 8, 2, 16), jnp.bfloat16)
+    with pytest.raises(ValueError, match="attention_impl='cudnn' needs an NVIDIA GPU.*attention_impl=xla"):
+        segment_attention(q, q, q, "cudnn")
