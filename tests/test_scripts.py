@@ -3,6 +3,7 @@ aligned_answer_check.py (teacher-forced answers that open a fresh segment)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_needle_share_is_a_fraction_of_the_normaliser():
 
 
 def test_aligned_answer_check_matches_greedy_generation():
+    """Teacher-forced digits come from the positions greedy decoding reads: on the demo model (which answers these
+    keys) exact under teacher forcing <=> greedy writes the key; on a random model (which does not) the first
+    digit, predicted from the same context both ways, is greedy's first token."""
     from infini_jax import GenerationConfig, Generator, load_model
     from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH
     from infini_jax.data.tokenizer import load_tokenizer
@@ -42,19 +46,26 @@ def test_aligned_answer_check_matches_greedy_generation():
     from infini_jax.train_probe import answer_tokens, teacher_forced_answers
 
     demo = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
-    model = load_model(demo, dtype="float32")
+    trained = load_model(demo, dtype="float32")
+    noise = random_model(dataclasses.replace(trained.cfg, hidden_size=64, intermediate_size=128, num_layers=1,
+                                             num_heads=2, num_kv_heads=2), seed=3)
     tok = load_tokenizer(str(DEMO_TOKENIZER_PATH))
     batcher = PasskeyBatcher(tok, segment_length=256, num_digits=5, haystacks={"classic": haystack_text("classic")})
+    digit_of = {int(t): str(i) for i, t in enumerate(batcher.digit_ids)}
     keys, length = ["48213", "90517", "11223"], 1024
-    forward = lambda ids, w: answer_tokens(model, ids, w, 5)  # noqa: E731
-    teacher = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0)
     ids, _ = batcher.eval_prompts(keys, length, 50.0, 0)
-    greedy = Generator(model, GenerationConfig(max_new_tokens=5, batch_size=3)).generate(list(ids))
-    greedy = [tok.decode(g) for g in greedy]
-    for k, t, g in zip(keys, teacher, greedy, strict=True):  # exact under teacher forcing <=> greedy writes the key
-        assert (t == k) == (g == k), (k, t, g)
-    heavier = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=16.0)
-    assert len(heavier) == 3 and all(len(h) == 5 for h in heavier)
+    right = {}
+    for name, model in (("trained", trained), ("random", noise)):
+        forward = lambda ids, w, model=model: answer_tokens(model, ids, w, 5)  # noqa: E731
+        teacher = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0)
+        greedy = Generator(model, GenerationConfig(max_new_tokens=5, batch_size=3)).generate(list(ids))
+        for k, t, g in zip(keys, teacher, greedy, strict=True):
+            assert (t == k) == (tok.decode(g) == k), (name, k, t, tok.decode(g))
+            assert t[0] == digit_of.get(int(g[0]), "?"), (name, k, t, g)
+        right[name] = sum(t == k for t, k in zip(teacher, keys, strict=True))
+        heavier = teacher_forced_answers(forward, batcher, keys, length, 50.0, 0, question_weight=16.0)
+        assert len(heavier) == 3 and all(len(h) == 5 for h in heavier)
+    assert right == {"trained": 3, "random": 0}  # both directions of the equivalence are exercised
 
 
 def test_aligned_answer_check_weighs_the_haystack_writes_only():
