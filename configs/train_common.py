@@ -213,5 +213,8 @@ def get_config() -> ml_collections.ConfigDict:
     p.varied_seed = config_dict.placeholder(int)  # held-out generated text; None: eval.varied_seed
     p.min_exact_match = 0.98  # below: a warning (more than one miss in 88 prompts)
     p.every_steps = 0  # also during training, every N steps (a multiple of log_every) to metrics.jsonl; 0 = off
+    # Cut-key probe (probe.json's "cut_key"): keys per needle place of the same prompts (r = 1) whose first key copy
+    # a segment boundary cuts (at 8K: 7 places on the two haystacks); 0 = off. The eleventh session's near misses.
+    p.cut_keys_per_place = 8
     c.probe = p
     return c

@@ -163,6 +163,61 @@ def virtual_length_probe(read: Callable, batcher: PasskeyBatcher, *, context_len
     return out
 
 
+def cut_key_places(batcher: PasskeyBatcher, context_length: int, *, depth_step: float = 0.1) -> list[dict]:
+    """The needle places of the evaluation's prompts of ``context_length`` tokens (every haystack, depths 0..100 by
+    ``depth_step``, each snapped to a sentence end as the evaluation snaps it) whose first copy of the key is cut by
+    a segment boundary: ``{"haystack": source index, "depth", "needle_start", "digits_before_boundary"}`` (1 ..
+    num_digits - 1), one per distinct place."""
+    length, seg, d = int(context_length), batcher.segment_length, batcher.num_digits
+    places = []
+    for source in range(len(batcher.sources)):
+        seen = set()
+        for depth in np.round(np.arange(0.0, 100.0 + depth_step / 2, depth_step), 6):
+            _, start = batcher.eval_prompts(["0" * d], length, float(depth), source)
+            start = int(start[0])
+            if start in seen:
+                continue
+            seen.add(start)
+            before = seg - int(batcher.key_copy_offsets(start)[0])
+            if 0 < before < d:
+                places.append({"haystack": source, "depth": float(depth), "needle_start": start,
+                               "digits_before_boundary": before})
+    return places
+
+
+def cut_key_probe(read: Callable, batcher: PasskeyBatcher, places: list[dict], *, context_length: int,
+                  keys_per_place: int, seed: int) -> dict[str, Any]:
+    """Teacher-forced exact match of keys whose first copy a segment boundary cuts (``places`` from
+    :func:`cut_key_places`), on plain prompts (r = 1) of ``context_length`` tokens whose answer opens a segment.
+
+    Why: the near misses of the eleventh session's runs (95.8-99.4% at 128K) were mostly such keys, at 128K as at 8K
+    (docs/training.md), and the virtual-length probe does not aim at them. Returns ``{"exact_match" (None without
+    places), "num_samples", "by_haystack": {name: rate}, "by_digits_before_boundary": {n: rate}, "places": [...,
+    "exact": hits], "wrong": [[key, prediction], ...]}``."""
+    length = check_probe_length(batcher, context_length)
+    names = [s.name for s in batcher.sources]
+    rng = np.random.default_rng(int(seed))
+    pairs, done = [], []
+    for place in places:
+        keys = ["".join(map(str, k)) for k in batcher.draw_keys(rng, int(keys_per_place))]
+        got = teacher_forced_answers(read, batcher, keys, length, place["depth"], place["haystack"])
+        pairs += [(place, k, g) for k, g in zip(keys, got, strict=True)]
+        done.append({**place, "haystack": names[place["haystack"]], "exact": sum(k == g for k, g in zip(keys, got,
+                                                                                                         strict=True))})
+
+    def rate(group):
+        hits = [k == g for p, k, g in pairs if group(p)]
+        return sum(hits) / len(hits) if hits else None
+
+    by_split = sorted({p["digits_before_boundary"] for p in places})
+    return {"context_length": length, "keys_per_place": int(keys_per_place), "seed": int(seed),
+            "exact_match": rate(lambda p: True), "num_samples": len(pairs),
+            "by_haystack": {n: rate(lambda p, i=i: p["haystack"] == i) for i, n in enumerate(names)},
+            "by_digits_before_boundary": {str(n): rate(lambda p, n=n: p["digits_before_boundary"] == n)
+                                          for n in by_split},
+            "places": done, "wrong": [[k, g] for _, k, g in pairs if k != g]}
+
+
 def _rates_by_key_digits(pairs: list[tuple[str, str]]) -> dict[str, float]:
     groups = {p: [k == g for k, g in pairs if key_digit_pattern(k) == p] for p in KEY_DIGIT_PATTERNS}
     return {p: sum(hits) / len(hits) for p, hits in groups.items() if hits}
@@ -186,12 +241,22 @@ class Probe:
         self.min_exact_match = float(_get(pr, "min_exact_match", 0.98))
         if not 0 <= self.min_exact_match <= 1:
             raise ValueError(f"probe.min_exact_match={self.min_exact_match} must lie in [0, 1] (a rate).")
+        self.cut_keys_per_place = int(_get(pr, "cut_keys_per_place", 0))
+        if self.cut_keys_per_place < 0:
+            raise ValueError(f"probe.cut_keys_per_place={self.cut_keys_per_place} must be >= 0 (0 = off).")
+        self.cut_places = (cut_key_places(self.batcher, self.settings["context_length"])
+                           if self.cut_keys_per_place else [])
         self._read = CompiledForward(self.batcher.num_digits)
 
     def __call__(self, model: InfiniLlama) -> dict[str, Any]:
-        result = virtual_length_probe(self._read(model), self.batcher, **self.settings)
+        read = self._read(model)
+        result = virtual_length_probe(read, self.batcher, **self.settings)
         result["varied_seed"] = self.varied_seed
         result["min_exact_match_wanted"] = self.min_exact_match
+        if self.cut_keys_per_place:
+            result["cut_key"] = cut_key_probe(read, self.batcher, self.cut_places,
+                                              context_length=self.settings["context_length"],
+                                              keys_per_place=self.cut_keys_per_place, seed=self.settings["seed"])
         return result
 
 
@@ -221,4 +286,13 @@ def run_probe(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
     else:
         logging.info("Virtual-length probe (%d-token prompts, haystack writes x r): exact match %s per r.",
                      result["context_length"], rates)
+    cut = result.get("cut_key")
+    if cut is not None and cut["num_samples"]:
+        logging.info("Cut-key probe (%d-token prompts whose key's first copy a segment boundary cuts, %d places): "
+                     "exact match %.4f (%d prompts). The near misses of the eleventh session were such keys "
+                     "(docs/training.md).", cut["context_length"], len(cut["places"]), cut["exact_match"],
+                     cut["num_samples"])
+    elif cut is not None:
+        logging.info("Cut-key probe: no needle place of the %d-token prompts cuts the key; nothing measured.",
+                     cut["context_length"])
     return result

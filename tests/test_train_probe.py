@@ -88,6 +88,10 @@ def test_the_probe_config_seed_of_the_varied_text_and_its_checks():
     config.probe.min_exact_match = 98.0
     with pytest.raises(ValueError, match="min_exact_match=98.0 must lie in"):
         Probe(config, tok, 64)
+    config.probe.min_exact_match = 0.98
+    config.probe.cut_keys_per_place = -1
+    with pytest.raises(ValueError, match="cut_keys_per_place=-1 must be >= 0"):
+        Probe(config, tok, 64)
 
 
 def test_the_answer_reader_gives_the_full_forwards_argmax_and_refuses_another_model():
@@ -136,3 +140,44 @@ def test_key_digit_patterns_and_the_probe_split_by_them(batcher):
     assert got["by_key_digits"]["distinct"] == 1.0
     assert got["by_key_digits"]["adjacent_pair"] == 0.0 and got["by_key_digits"]["repeated_apart"] == 0.0
     assert all(key_digit_pattern(k) != "distinct" for k, _ in got["wrong"])
+
+
+def test_cut_key_places_are_needles_whose_first_key_copy_a_boundary_splits(batcher):
+    """Every place found is an evaluation needle place whose first key copy straddles a segment boundary with the
+    stated number of digits before it; a length without such places gives none."""
+    from infini_jax.train_probe import cut_key_places
+
+    places = cut_key_places(batcher, 2048)
+    assert places and {p["haystack"] for p in places} <= {0, 1}
+    assert len({(p["haystack"], p["needle_start"]) for p in places}) == len(places)  # distinct places
+    digits = [int(t) for t in batcher.digit_ids[[1, 3, 5, 7, 9]]]  # the key 13579
+    for p in places:
+        ids, start = batcher.eval_prompts(["13579"], 2048, p["depth"], p["haystack"])
+        row, start = [int(t) for t in ids[0]], int(start[0])
+        assert start == p["needle_start"]
+        first = next(i for i in range(start, start + 60) if row[i:i + 5] == digits)  # the key's first copy
+        before = 256 - first % 256
+        assert 1 <= before <= 4 and before == p["digits_before_boundary"], (p, first)
+    assert cut_key_places(batcher, 512) == []
+
+
+def test_the_cut_key_probe_scores_the_shipped_model_and_a_random_one(batcher):
+    """The shipped model answers keys cut by a boundary (K1: 120 of 120 at 8K on CPU); a random model does not. The
+    probe's result splits by haystack and by where the cut falls, and is empty without places."""
+    from infini_jax.train_probe import cut_key_places, cut_key_probe
+
+    places = cut_key_places(batcher, 2048)
+    shipped = cut_key_probe(jitted_forward(load_model(DEMO, dtype="float32"), 5), batcher, places,
+                            context_length=2048, keys_per_place=3, seed=0)
+    assert shipped["num_samples"] == 3 * len(places) and shipped["exact_match"] == 1.0 and shipped["wrong"] == []
+    assert set(shipped["by_digits_before_boundary"]) == {str(p["digits_before_boundary"]) for p in places}
+    assert [p["exact"] for p in shipped["places"]] == [3] * len(places)
+    cfg = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                      num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
+    noise = cut_key_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, places, context_length=2048,
+                          keys_per_place=3, seed=0)
+    assert noise["exact_match"] < 0.5 and len(noise["wrong"]) == noise["num_samples"] - round(
+        noise["exact_match"] * noise["num_samples"])
+    empty = cut_key_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, [], context_length=2048,
+                          keys_per_place=3, seed=0)
+    assert empty["num_samples"] == 0 and empty["exact_match"] is None
