@@ -9,7 +9,8 @@ A run's outcome on a GPU is a draw (docs/training.md, seventh session: the same 
   training job warns on);
 * any number of evaluation ``results.jsonl`` files (the training job's ``eval/``, or ``--config.eval_only`` runs
   at other lengths or eval seeds), pooled per context length;
-* the virtual-length probe's exact match per r (``probe.json`` of the workdir or of an evaluation directory);
+* the virtual-length probe's exact match per r and the cut-key probe's (``probe.json`` of the workdir or of an
+  evaluation directory);
 
 and checks the pooled exact match against a target (default: the demo model's, >= 99% at 32K, 128K and 1M tokens
 and >= 95% at 16M). ``scripts/training_runs.py`` is the command line.
@@ -128,17 +129,23 @@ def parse_target(text: str) -> dict[int, float]:
     return target
 
 
+CUT_KEY = "cut_key"  # probe_rates' key of the cut-key probe's exact match
+
+
 def probe_rates(paths: Iterable[str | os.PathLike]) -> dict[str, float] | None:
     """{virtual length r: exact match} of the first ``probe.json`` (the virtual-length probe,
     ``infini_jax.train_probe``) found beside these workdirs or results: in a directory, in a results file's
-    directory, or in the run directory above an ``eval/`` one. None when there is none."""
+    directory, or in the run directory above an ``eval/`` one, plus ``CUT_KEY``: the cut-key probe's exact match
+    when it measured any. None when there is none."""
     for path in map(Path, paths):
         base = path.parent if path.is_file() else path
         for folder in (base, base.parent) if base.name == "eval" else (base,):
             probe = folder / "probe.json"
             if probe.is_file():
                 result = json.loads(probe.read_text(encoding="utf-8"))
-                return {r: float(v["exact_match"]) for r, v in result["by_virtual_length"].items()}
+                rates = {r: float(v["exact_match"]) for r, v in result["by_virtual_length"].items()}
+                cut = (result.get(CUT_KEY) or {}).get("exact_match")
+                return rates | ({CUT_KEY: float(cut)} if cut is not None else {})
     return None
 
 
@@ -183,7 +190,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
                  str(r["first_step_far_accuracy_ge_0.5"] or "-"), fmt(r.get(stage_key)), fmt(r.get(closing_key))]
         if probed:
             rates = r.get("probe_exact_match") or {}
-            cells.append(", ".join(f"r {k}: {v:.3f}" for k, v in rates.items()) or "-")
+            cells.append(", ".join(f"{'cut key' if k == CUT_KEY else f'r {k}'}: {v:.3f}" for k, v in rates.items())
+                         or "-")
         for n in lengths:
             e = r["exact_match_by_context_length"].get(str(n))
             cells.append("-" if e is None else f"{e['exact_match']:.1%} ({e['exact']}/{e['of']})")

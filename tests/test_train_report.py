@@ -13,6 +13,7 @@ from infini_jax.train_report import (
     DEMO_TARGET,
     exact_match_by_length,
     parse_target,
+    probe_rates,
     summarize_runs,
     target_shortfalls,
     training_log_summary,
@@ -101,12 +102,18 @@ def test_the_script_tables_the_runs_and_counts_those_meeting_the_target(tmp_path
     assert "1 of 2 runs meet the target (32K >= 99%, 16M >= 95%)." in printed
     assert json.loads(out_json.read_text()) == summary and summary["runs_meeting_target"] == 1
     # A probe.json (the training job's, or an eval_only run's) adds a column.
-    probe = {"by_virtual_length": {"128": {"exact_match": 0.852, "num_samples": 88}}}
+    probe = {"by_virtual_length": {"128": {"exact_match": 0.852, "num_samples": 88}},
+             "cut_key": {"exact_match": 0.6167, "num_samples": 120}}
     (tmp_path / "bad_eval" / "probe.json").write_text(json.dumps(probe))
     training_runs.main([good, f"bad={tmp_path / 'bad'},{tmp_path / 'bad_eval'}"])
     printed = capsys.readouterr().out
-    assert "| closing | probe | 32K |" in printed and "| 0.990 | r 128: 0.852 | 94.2% (290/308) |" in printed
+    assert "| closing | probe | 32K |" in printed
+    assert "| 0.990 | r 128: 0.852, cut key: 0.617 | 94.2% (290/308) |" in printed
     assert "| 0.990 | - | 100.0% (308/308) |" in printed  # good has none
+    no_places = {"by_virtual_length": {"128": {"exact_match": 1.0, "num_samples": 88}},
+                 "cut_key": {"exact_match": None, "num_samples": 0}}  # a length without cut-key places
+    (tmp_path / "good_16M" / "probe.json").write_text(json.dumps(no_places))
+    assert probe_rates([tmp_path / "good_16M"]) == {"128": 1.0}
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         training_runs.main([f"x={tmp_path / 'bad_eval'}"])
     with pytest.raises(SystemExit, match="Bad run"):
