@@ -721,6 +721,10 @@ def test_run_warns_when_the_closing_far_accuracy_is_low(tmp_path, caplog):
     assert all(v["num_samples"] == 4 for v in probe["by_virtual_length"].values())  # 2 depths x 2 haystacks
     assert probe["min_exact_match"] < 0.98 and probe["min_exact_match_wanted"] == 0.98
     assert any("Virtual-length probe" in r.getMessage() and "below 0.98" in r.getMessage() for r in caplog.records)
+    cut = probe["cut_key"]  # one needle place of these 320-token prompts cuts the key: 8 keys there
+    assert cut["num_samples"] == 8 and len(cut["places"]) == 1 and cut["min_exact_match_wanted"] == 0.975
+    assert cut["exact_match"] < 0.975 and len(cut["wrong"]) == round(8 * (1 - cut["exact_match"]))
+    assert any("Cut-key probe" in r.getMessage() and "below 0.975" in r.getMessage() for r in caplog.records)
 
 
 def test_the_probe_runs_during_training_outside_the_clock_and_survives_a_resume(tmp_path):
@@ -780,7 +784,8 @@ def test_the_probe_during_training_stays_off_the_clock_and_compiles_once(tmp_pat
     lines = [r for r in trainer.history if "loss" in r]
     assert [r["step"] for r in trainer.history if "probe_exact_match" in r] == [4, 8]
     assert lines[-1]["train_seconds"] < 2.0, lines[-1]  # two probes slept 4 s
-    assert probe._read._fn._cache_size() == 1  # the second probe reused the first one's program
+    # One program per batch shape (1 key per cell, 8 per cut-key place), both reused by the second probe.
+    assert probe._read._fn._cache_size() == 2
 
 
 def test_export_loads_with_load_model(reference_run):

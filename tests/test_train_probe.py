@@ -92,6 +92,10 @@ def test_the_probe_config_seed_of_the_varied_text_and_its_checks():
     config.probe.cut_keys_per_place = -1
     with pytest.raises(ValueError, match="cut_keys_per_place=-1 must be >= 0"):
         Probe(config, tok, 64)
+    config.probe.cut_keys_per_place = 8
+    config.probe.cut_key_min_exact_match = 97.5
+    with pytest.raises(ValueError, match="cut_key_min_exact_match=97.5 must lie in"):
+        Probe(config, tok, 64)
 
 
 def test_the_answer_reader_gives_the_full_forwards_argmax_and_refuses_another_model():
