@@ -80,13 +80,19 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, p
     return out.reshape(b, tq, n, d).astype(q.dtype)
 
 
+def check_attention_backend(impl: str) -> None:
+    """cuDNN attention runs on NVIDIA GPUs only: elsewhere a ValueError naming the switch to XLA attention."""
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU (Ampere or newer); JAX runs on "
+                         f"{jax.default_backend()!r}. Use attention_impl='xla': load_model(..., "
+                         "attention_impl='xla'), --config.attention_impl=xla in an evaluation config, "
+                         "--config.model.attention_impl=xla in a training config.")
+
+
 def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str, precision=None) -> jax.Array:
     """Causal attention inside each segment. q: [B', L, N, D]; k, v: [B', L, K, D] -> [B', L, N, D]."""
     if impl == "cudnn":
-        if jax.default_backend() != "gpu":
-            raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU (Ampere or newer); JAX runs on "
-                             f"{jax.default_backend()!r}. Use attention_impl='xla' (e.g. "
-                             "--config.model.attention_impl=xla).")
+        check_attention_backend(impl)
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
     seg = q.shape[1]
     causal = jnp.tril(jnp.ones((seg, seg), dtype=bool))[None, None, None]

@@ -11,6 +11,7 @@ Parameters keep their stored dtype (bf16 checkpoints stay bf16 on disk: bit-exac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -37,16 +38,18 @@ def is_converted_dir(path: str | Path) -> bool:
 
 
 def save_converted(model: InfiniLlama, output_dir: str | Path, *, nanotron_yaml: dict | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, numerics: dict | None = None) -> Path:
     """Writes ``model`` as a converted directory, atomically: into a temporary sibling, then swapped in, so
-    that a failure leaves the previous directory (if any) intact."""
+    that a failure leaves the previous directory (if any) intact. ``numerics``: ModelConfig numerics fields to
+    store instead of the model's (e.g. XLA attention for a model that ran with cuDNN); the weights are the same."""
     out = Path(output_dir).absolute()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --output_dir or pass --overwrite.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        cfg = dataclasses.replace(model.cfg, **numerics) if numerics else model.cfg
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         if nanotron_yaml is not None:
             (tmp / NANOTRON_YAML).write_text(yaml.safe_dump(nanotron_yaml, sort_keys=False))
         params = nnx.state(model, nnx.Param).to_pure_dict()

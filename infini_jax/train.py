@@ -42,7 +42,7 @@ from absl import logging
 from flax import nnx
 
 from infini_jax import sharding
-from infini_jax.attention import gate_activation
+from infini_jax.attention import check_attention_backend, gate_activation
 from infini_jax.config import ModelConfig
 from infini_jax.config import config_value as _cfg_get
 from infini_jax.model import InfiniLlama
@@ -80,6 +80,9 @@ CLOSING_FAR_ACCURACY_WARNING = 0.99
 # ModelConfig fields that may be changed when fine-tuning a checkpoint (numerics, not architecture).
 NUMERIC_FIELDS = ("dtype", "param_dtype", "memory_dtype", "memory_query", "attention_impl",
                   "memory_precision")
+# The numerics an exported model is stored with: nanotron's (XLA attention runs on any device and dtype, fp32 memory
+# einsums), whatever GPU speed options the run trained with; load_model(..., attention_impl="cudnn") opts in again.
+PORTABLE_NUMERICS = {"attention_impl": "xla", "memory_precision": "highest"}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -252,6 +255,7 @@ class Trainer:
         from infini_jax.data.tokenizer import check_vocab
 
         check_vocab(self.tokenizer, model.cfg.vocab_size)
+        check_attention_backend(model.cfg.attention_impl)  # before the data and the probe are built
         self.model_cfg = model.cfg
         # The virtual-length probe (train_probe.py): built now, so that a bad probe config fails before training.
         self.probe = Probe(config, self.tokenizer, model.cfg.segment_length) if probe_enabled(config) else None
@@ -539,9 +543,10 @@ class Trainer:
         return rec
 
     def log_probe(self) -> dict[str, Any] | None:
-        """Runs the virtual-length probe on the current weights (outside the training clock and tokens/s) and logs
-        ``{"step", "probe_exact_match": {r: rate}, "probe_min_exact_match"}`` to metrics.jsonl. Single-process
-        runs only (the probe runs on one device)."""
+        """Runs the probe on the current weights (outside the training clock and tokens/s) and logs ``{"step",
+        "probe_exact_match": {r: rate}, "probe_min_exact_match", "probe_cut_key_exact_match"}`` (the last with
+        ``probe.cut_keys_per_place`` and places to probe) to metrics.jsonl. Single-process runs only (the probe
+        runs on one device)."""
         if jax.process_count() > 1:
             if not self._probe_warned:
                 logging.warning("probe.every_steps: the probe during training runs in single-process jobs only; "
@@ -553,11 +558,15 @@ class Trainer:
         rec = {"step": self.step, "stage": self.curriculum.stage.name,
                "probe_exact_match": {r: v["exact_match"] for r, v in result["by_virtual_length"].items()},
                "probe_min_exact_match": result["min_exact_match"]}
+        cut = (result.get("cut_key") or {}).get("exact_match")
+        if cut is not None:
+            rec["probe_cut_key_exact_match"] = cut
         self._write(rec)
         seconds = time.perf_counter() - t0
         self._interval_start += seconds  # the next interval's tokens/s leaves the probe out
-        logging.info("step %d probe (%d tokens, haystack writes x r): exact match %s (%.1fs)", self.step,
-                     result["context_length"], {r: round(v, 3) for r, v in rec["probe_exact_match"].items()}, seconds)
+        logging.info("step %d probe (%d tokens, haystack writes x r): exact match %s%s (%.1fs)", self.step,
+                     result["context_length"], {r: round(v, 3) for r, v in rec["probe_exact_match"].items()},
+                     "" if cut is None else f", cut keys {cut:.3f}", seconds)
         return rec
 
     # ------------------------------------------------------------------ loop
@@ -629,14 +638,18 @@ class Trainer:
         return closing_far_accuracy([rec for _, rec in self._metric_lines()], self.step)
 
     def export(self) -> Path:
-        """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true)."""
+        """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true), stored with
+        ``PORTABLE_NUMERICS`` (nanotron's; it loads on any device) whatever the run trained with (the card's
+        ``trained_with``; the job's own probe and evaluation use the training's numerics)."""
         from infini_jax.checkpoint import save_converted
 
         model = self.model()
         if self.mesh is not None:
             model = _to_one_device(model)
-        out = save_converted(model, self.workdir / MODEL_DIR, overwrite=True)
+        out = save_converted(model, self.workdir / MODEL_DIR, overwrite=True, numerics=PORTABLE_NUMERICS)
+        trained_with = {k: getattr(model.cfg, k) for k in PORTABLE_NUMERICS}
         card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step,
+                "trained_with": {k: getattr(v, "value", v) for k, v in trained_with.items()},
                 "train_seconds": round(self.clock.elapsed, 2), "tokens_seen": self.tokens_seen,
                 "tokenizer": str(_cfg_get(self.config, "tokenizer") or "infini_jax/assets/demo_tokenizer"),
                 f"far_accuracy_last_{CLOSING_WINDOW_STEPS}_steps": self.closing_far_accuracy(),

@@ -129,31 +129,43 @@ def parse_target(text: str) -> dict[int, float]:
     return target
 
 
-CUT_KEY = "cut_key"  # probe_rates' key of the cut-key probe's exact match
-
-
-def probe_rates(paths: Iterable[str | os.PathLike]) -> dict[str, float] | None:
-    """{virtual length r: exact match} of the first ``probe.json`` (the virtual-length probe,
-    ``infini_jax.train_probe``) found beside these workdirs or results: in a directory, in a results file's
-    directory, or in the run directory above an ``eval/`` one, plus ``CUT_KEY``: the cut-key probe's exact match
-    when it measured any. None when there is none."""
+def _probe_files(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """The ``probe.json`` results found beside these workdirs or results, in order: in a directory, in a results
+    file's directory, or in the run directory above an ``eval/`` one."""
+    found = []
     for path in map(Path, paths):
         base = path.parent if path.is_file() else path
         for folder in (base, base.parent) if base.name == "eval" else (base,):
             probe = folder / "probe.json"
             if probe.is_file():
-                result = json.loads(probe.read_text(encoding="utf-8"))
-                rates = {r: float(v["exact_match"]) for r, v in result["by_virtual_length"].items()}
-                cut = (result.get(CUT_KEY) or {}).get("exact_match")
-                return rates | ({CUT_KEY: float(cut)} if cut is not None else {})
+                found.append(json.loads(probe.read_text(encoding="utf-8")))
+    return found
+
+
+def probe_rates(paths: Iterable[str | os.PathLike]) -> dict[str, float] | None:
+    """{virtual length r: exact match} of the first ``probe.json`` (the virtual-length probe,
+    ``infini_jax.train_probe``) found beside these workdirs or results (``_probe_files``). None when there is
+    none."""
+    for result in _probe_files(paths):
+        return {r: float(v["exact_match"]) for r, v in result["by_virtual_length"].items()}
+    return None
+
+
+def cut_key_rate(paths: Iterable[str | os.PathLike]) -> float | None:
+    """The cut-key probe's exact match of the first ``probe.json`` found beside these workdirs or results that
+    measured one (``probe.cut_keys_per_place`` and cut-key places at its length). None when none did."""
+    for result in _probe_files(paths):
+        rate = (result.get("cut_key") or {}).get("exact_match")
+        if rate is not None:
+            return float(rate)
     return None
 
 
 def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | os.PathLike]]],
                    target: Mapping[int, float] = DEMO_TARGET) -> dict[str, Any]:
     """``runs``: (name, training workdir, evaluation results files or directories). Returns per run its log
-    summary, its virtual-length probe (``probe.json`` of the workdir or of an evaluation directory), pooled exact
-    match per length and target shortfalls, and how many runs met the target."""
+    summary, its virtual-length and cut-key probes (``probe.json`` of the workdir or of an evaluation directory),
+    pooled exact match per length and target shortfalls, and how many runs met the target."""
     out = []
     for name, workdir, results in runs:
         summary = training_log_summary(Path(workdir) / "metrics.jsonl")
@@ -161,6 +173,7 @@ def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | o
         short = target_shortfalls(by_length, target)
         out.append({"name": name, "workdir": str(workdir), **summary,
                     "probe_exact_match": probe_rates([workdir, *results]),
+                    "probe_cut_key_exact_match": cut_key_rate([workdir, *results]),
                     "exact_match_by_context_length": {str(k): {"exact": ok, "of": n, "exact_match": ok / n}
                                                       for k, (ok, n) in by_length.items()},
                     "meets_target": not short, "shortfalls": short})
@@ -178,7 +191,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     def fmt(x):
         return "-" if x is None else f"{x:.3f}"
 
-    probed = any(r.get("probe_exact_match") for r in runs)
+    probed = any(r.get("probe_exact_match") or r.get("probe_cut_key_exact_match") is not None for r in runs)
     head = ["run", "steps", "stage 0 exit", "first >= 0.5", "stage 0 mean", "closing"]
     head += ["probe"] if probed else []
     head += [_short(n) for n in lengths] + ["target"]
@@ -189,9 +202,10 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
                  f"{exit0['step']} ({fmt(exit0['far_accuracy'])})" if exit0 else "-",
                  str(r["first_step_far_accuracy_ge_0.5"] or "-"), fmt(r.get(stage_key)), fmt(r.get(closing_key))]
         if probed:
-            rates = r.get("probe_exact_match") or {}
-            cells.append(", ".join(f"{'cut key' if k == CUT_KEY else f'r {k}'}: {v:.3f}" for k, v in rates.items())
-                         or "-")
+            rates = [f"r {k}: {v:.3f}" for k, v in (r.get("probe_exact_match") or {}).items()]
+            if r.get("probe_cut_key_exact_match") is not None:
+                rates.append(f"cut key: {r['probe_cut_key_exact_match']:.3f}")
+            cells.append(", ".join(rates) or "-")
         for n in lengths:
             e = r["exact_match_by_context_length"].get(str(n))
             cells.append("-" if e is None else f"{e['exact_match']:.1%} ({e['exact']}/{e['of']})")

@@ -17,9 +17,9 @@ What it writes, from the training job's ``workdir/model`` (``model_card.json`` w
 
 It refuses a source without a trained model card or its training config, a missing or empty results file, a
 destination that is the source, and one that is not empty unless ``--overwrite``; the directory is built aside and
-swapped in whole. Measure the model in the numerics it ships with (the export's
-numerics are the training's: evaluate it with ``--config.eval_only=True`` on a copy whose ``infini_config.json``
-says ``xla`` / ``highest``).
+swapped in whole. Measure the model in the numerics it ships with: a training job's export is stored with them
+(``infini_jax.train.PORTABLE_NUMERICS``; exports made before the eleventh session kept the training's, so set
+``xla`` / ``highest`` in a copy's ``infini_config.json``), so ``--config.eval_only=True`` on it measures them.
 """
 
 from __future__ import annotations

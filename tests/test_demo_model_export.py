@@ -80,7 +80,8 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
     late = stages_from_config(train_demo.get_config("late_options").curriculum)  # the sixth session's P runs
     assert [(s.repeated_digit_share, s.needle_boundary_share) for s in late] == [(0.0, 0.0), (0.0, 0.0), (None, None)]
     for variant in ("r256", "short_rows", "late_options"):  # modify B2's recipe
-        assert (as_dict(variant)["seed"], as_dict(variant)["model"]) == (2, b2["model"]), variant
+        got = as_dict(variant)
+        assert (got["seed"], got["data_seed"], got["total_seconds"], got["model"]) == (2, 3, 450.0, b2["model"])
     with pytest.raises(ValueError, match="Unknown variant 'fast'"):
         train_demo.get_config("fast")
 
@@ -100,7 +101,7 @@ def _without_later_options(ours, shipped):
     return {k: _without_later_options(v, shipped[k]) for k, v in ours.items() if k in shipped}
 
 
-def test_cudnn_attention_off_a_gpu_names_the_fix():
+def test_cudnn_attention_off_a_gpu_names_the_fix(tmp_path):
     """The demo recipe trains with cuDNN attention; on a CPU the model says so and how to switch, rather than
     JAX's 'cuDNN is not detected'."""
     import jax
@@ -111,5 +112,13 @@ def test_cudnn_attention_off_a_gpu_names_the_fix():
     if jax.default_backend() == "gpu":
         pytest.skip("a GPU backend runs cuDNN attention")
     q = jnp.zeros((1, 8, 2, 16), jnp.bfloat16)
-    with pytest.raises(ValueError, match="attention_impl='cudnn' needs an NVIDIA GPU.*attention_impl=xla"):
+    fix = "attention_impl='cudnn' needs an NVIDIA GPU.*config.attention_impl=xla.*config.model.attention_impl=xla"
+    with pytest.raises(ValueError, match=fix):
         segment_attention(q, q, q, "cudnn")
+    from configs import train_demo
+    from infini_jax.train import Trainer
+
+    config = train_demo.get_config()
+    config.workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=fix):  # the demo recipe on a CPU: at once, before any data is built
+        Trainer(config)

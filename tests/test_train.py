@@ -740,6 +740,7 @@ def test_the_probe_runs_during_training_outside_the_clock_and_survives_a_resume(
     probes = [r for r in crashed.history if "probe_exact_match" in r]
     assert [r["step"] for r in probes] == [4] and sorted(probes[0]["probe_exact_match"]) == ["1", "64"]
     assert probes[0]["probe_min_exact_match"] == min(probes[0]["probe_exact_match"].values())
+    assert 0 <= probes[0]["probe_cut_key_exact_match"] <= 1  # one cut-key place at 320 tokens
     resumed = Trainer(config)
     assert resumed.restore() and resumed.step == 4
     resumed.train()
@@ -798,10 +799,28 @@ def test_export_loads_with_load_model(reference_run):
     logged = [r["far_accuracy"] for r in reference_run.history if "loss" in r and r["far_accuracy"] is not None]
     assert len(logged) >= 12 and card["far_accuracy_last_500_steps"] == pytest.approx(np.mean(logged))
     assert json.loads((out / "training_config.json").read_text())["trained"] is True
+    assert card["trained_with"] == {"attention_impl": "xla", "memory_precision": "highest"}
     loaded = load_model(out, dtype="float32")
     for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)),
                     jax.tree.leaves(nnx.state(reference_run.model(), nnx.Param)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_export_stores_portable_numerics_whatever_the_run_trained_with(tmp_path):
+    """A run with the one-pass memory einsums (and, on a GPU, cuDNN attention) exports nanotron's numerics, so that
+    the model loads on a CPU in fp32; the card says what the run trained with."""
+    from infini_jax.api import load_model
+
+    config = _config(tmp_path, total_steps=2)
+    config.model.memory_precision = "default"
+    trainer = Trainer(config)
+    trainer.train()
+    out = trainer.export()
+    stored = json.loads((out / "infini_config.json").read_text())
+    assert (stored["attention_impl"], stored["memory_precision"]) == ("xla", "highest")
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["trained_with"] == {"attention_impl": "xla", "memory_precision": "default"}
+    assert load_model(out, dtype="float32").cfg.memory_precision == "highest"
 
 
 def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def test_the_probe_config_seed_of_the_varied_text_and_its_checks():
         Probe(config, tok, 64)
     config.probe.min_exact_match = 0.98
     config.probe.cut_keys_per_place = -1
-    with pytest.raises(ValueError, match="cut_keys_per_place=-1 must be >= 0"):
+    with pytest.raises(ValueError, match="cut_keys_per_place=-1 must be a whole number >= 0"):
         Probe(config, tok, 64)
     config.probe.cut_keys_per_place = 8
     config.probe.cut_key_min_exact_match = 97.5

@@ -11,6 +11,7 @@ import pytest
 
 from infini_jax.train_report import (
     DEMO_TARGET,
+    cut_key_rate,
     exact_match_by_length,
     parse_target,
     probe_rates,
@@ -113,7 +114,9 @@ def test_the_script_tables_the_runs_and_counts_those_meeting_the_target(tmp_path
     no_places = {"by_virtual_length": {"128": {"exact_match": 1.0, "num_samples": 88}},
                  "cut_key": {"exact_match": None, "num_samples": 0}}  # a length without cut-key places
     (tmp_path / "good_16M" / "probe.json").write_text(json.dumps(no_places))
-    assert probe_rates([tmp_path / "good_16M"]) == {"128": 1.0}
+    assert probe_rates([tmp_path / "good_16M"]) == {"128": 1.0} and cut_key_rate([tmp_path / "good_16M"]) is None
+    # The first probe.json that measured cut keys gives the figure, even after one that did not.
+    assert cut_key_rate([tmp_path / "good_16M", tmp_path / "bad_eval"]) == 0.6167
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         training_runs.main([f"x={tmp_path / 'bad_eval'}"])
     with pytest.raises(SystemExit, match="Bad run"):
