@@ -637,15 +637,14 @@ class Trainer:
         resumed run counts the steps logged before it resumed)."""
         return closing_far_accuracy([rec for _, rec in self._metric_lines()], self.step)
 
-    def export(self) -> Path:
+    def export(self, model: InfiniLlama | None = None) -> Path:
         """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true), stored with
         ``PORTABLE_NUMERICS`` (nanotron's; it loads on any device) whatever the run trained with (the card's
-        ``trained_with``; the job's own probe and evaluation use the training's numerics)."""
+        ``trained_with``; the job's own probe and evaluation use the training's numerics). ``model``: the current
+        model already on one device (``one_device_model``), if the caller has it."""
         from infini_jax.checkpoint import save_converted
 
-        model = self.model()
-        if self.mesh is not None:
-            model = _to_one_device(model)
+        model = model if model is not None else self.one_device_model()
         out = save_converted(model, self.workdir / MODEL_DIR, overwrite=True, numerics=PORTABLE_NUMERICS)
         trained_with = {k: getattr(model.cfg, k) for k in PORTABLE_NUMERICS}
         card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step,
@@ -761,8 +760,8 @@ def run(config) -> dict[str, Any]:
            "finished": True, "final_metrics": next((r for r in reversed(trainer.history) if "loss" in r), None),
            "closing_far_accuracy": closing}
     if jax.process_index() == 0:
-        out["model_dir"] = str(trainer.export())
         model = trainer.one_device_model()
+        out["model_dir"] = str(trainer.export(model))
         out["probe"] = run_probe(config, model, trainer.tokenizer, trainer.workdir, probe=trainer.probe)
         out["eval"] = run_eval(config, model, trainer.tokenizer, trainer.workdir,
                                model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen})

@@ -38,12 +38,12 @@ from infini_jax.api import load_model  # noqa: E402
 from infini_jax.checkpoint import save_converted, swap_in  # noqa: E402
 from infini_jax.data.demo_tokenizer import DEMO_TOKENIZER_PATH  # noqa: E402
 from infini_jax.results import read_results  # noqa: E402
-from infini_jax.train import MODEL_CARD_FILE, TRAINING_CONFIG_FILE  # noqa: E402
+from infini_jax.train import MODEL_CARD_FILE, PORTABLE_NUMERICS, TRAINING_CONFIG_FILE  # noqa: E402
 from infini_jax.train_eval import summarize_eval  # noqa: E402
 
 DEMO_MODEL_PATH = Path(DEMO_TOKENIZER_PATH).parent / "demo_model"
 EVALUATION_FILE = "evaluation_h200.json"
-SHIPPED_NUMERICS = {"attention_impl": "xla", "memory_precision": "highest", "memory_dtype": "float32"}  # nanotron's
+SHIPPED_NUMERICS = {**PORTABLE_NUMERICS, "memory_dtype": "float32"}  # nanotron's, the fp32 memory state pinned too
 
 
 def pooled_records(paths: list[str]) -> list[dict]:
