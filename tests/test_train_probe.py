@@ -15,6 +15,9 @@ from infini_jax.train_eval import evaluation_batcher
 from infini_jax.train_probe import jitted_forward, virtual_length_probe
 
 DEMO = Path(__file__).resolve().parent.parent / "infini_jax" / "assets" / "demo_model"
+# A random model of the demo tokenizer's vocabulary: answers almost no key.
+NOISE_CFG = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                        num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,7 @@ def test_the_shipped_model_passes_the_probe_and_a_random_one_fails(batcher):
         assert got["exact_match"] == 1.0 and got["wrong"] == []
     assert shipped["min_exact_match"] == 1.0
 
-    cfg = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                      num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
-    noise = virtual_length_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, **settings)
+    noise = virtual_length_probe(jitted_forward(random_model(NOISE_CFG, seed=0), 5), batcher, **settings)
     rates = [v["exact_match"] for v in noise["by_virtual_length"].values()]
     assert max(rates) < 0.5 and noise["min_exact_match"] == min(rates)
     keys = [k for k, _ in noise["by_virtual_length"]["1"]["wrong"]]  # the same keys for every r
@@ -176,12 +177,9 @@ def test_the_cut_key_probe_scores_the_shipped_model_and_a_random_one(batcher):
     assert shipped["num_samples"] == 3 * len(places) and shipped["exact_match"] == 1.0 and shipped["wrong"] == []
     assert set(shipped["by_digits_before_boundary"]) == {str(p["digits_before_boundary"]) for p in places}
     assert [p["exact"] for p in shipped["places"]] == [3] * len(places)
-    cfg = ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                      num_kv_heads=2, segment_length=256, max_position_embeddings=8192)
-    noise = cut_key_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, places, context_length=2048,
-                          keys_per_place=3, seed=0)
+    noise_reader = jitted_forward(random_model(NOISE_CFG, seed=0), 5)
+    noise = cut_key_probe(noise_reader, batcher, places, context_length=2048, keys_per_place=3, seed=0)
     assert noise["exact_match"] < 0.5 and len(noise["wrong"]) == noise["num_samples"] - round(
         noise["exact_match"] * noise["num_samples"])
-    empty = cut_key_probe(jitted_forward(random_model(cfg, seed=0), 5), batcher, [], context_length=2048,
-                          keys_per_place=3, seed=0)
+    empty = cut_key_probe(noise_reader, batcher, [], context_length=2048, keys_per_place=3, seed=0)
     assert empty["num_samples"] == 0 and empty["exact_match"] is None
