@@ -8,7 +8,8 @@ written by the evaluation (see ``infini_jax.results``)::
 
 ``summary.json`` keeps the fork's fields (model, context_length, total_samples, results_by_depth,
 summary_stats, segment_analysis, performance) and adds accuracy by context length, by depth x context
-length (the heatmap) and by segments back (query segment minus needle segment), plus strict accuracy.
+length (the heatmap) and by segments back (query segment minus needle segment), strict accuracy, and the misses
+by kind and first wrong digit (``misses``; ``infini_jax.miss_kinds``).
 
 Differences from the fork:
 
@@ -36,6 +37,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 
+from infini_jax.miss_kinds import format_misses, summarize_misses
 from infini_jax.results import RESULTS_FILENAME, read_results, score, segment_info
 
 SUMMARY_FILENAME = "summary.json"
@@ -273,6 +275,7 @@ def summarize(
         "results_by_context_length": per_ctx,
         "results_by_depth_and_context_length": heat,
         "results_by_segments_back": _by_segments_back(recs),
+        "misses": summarize_misses(recs),
     }
     json.dumps(summary)  # fail here, not later, if anything is not JSON serialisable
     return summary
@@ -300,6 +303,7 @@ def _summary_lines(s: dict) -> list[str]:
         f"Max Accuracy: {st['max_accuracy']:.2f}% (at depth {_fmt_depth(st['max_depth'])}%)",
         f"Overall Accuracy: {s['overall_accuracy']:.2f}% ({s['total_correct']}/{s['total_samples']}), "
         f"strict: {s['overall_strict_accuracy']:.2f}%",
+        *([format_misses(s["misses"])] if s.get("misses", {}).get("num_misses") else []),
         "",
         THIN,
         "PERFORMANCE ASSESSMENT:",

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from infini_jax.config import config_value as _get
+from infini_jax.miss_kinds import format_misses, summarize_misses
 from infini_jax.model import InfiniLlama
 from infini_jax.train_data import PasskeyBatcher, haystack_text, key_digit_pattern
 
@@ -104,7 +105,8 @@ def summarize_eval(records: list[dict]) -> dict[str, Any]:
     """Exact match overall, per context length, per depth, per (length, depth), per haystack, and for needles
     with a segment boundary within ``BOUNDARY_WINDOW`` tokens of a key copy ("near") against the rest
     ("elsewhere"; "unknown" for records written before that field existed), and per key digit pattern
-    (``key_digit_pattern``: distinct digits, an adjacent pair, a digit repeated apart)."""
+    (``key_digit_pattern``: distinct digits, an adjacent pair, a digit repeated apart), and the inexact answers by
+    kind and first wrong digit (``infini_jax.miss_kinds``)."""
 
     def acc(rs):
         return {"exact_match": float(np.mean([r["exact"] for r in rs])) if rs else None,
@@ -124,7 +126,8 @@ def summarize_eval(records: list[dict]) -> dict[str, Any]:
             "by_haystack": by(lambda r: r["haystack"]),
             "by_needle_near_boundary": by(lambda r: {True: "near", False: "elsewhere"}.get(
                 r.get("key_near_segment_boundary"), "unknown")),
-            "by_key_digits": by(lambda r: key_digit_pattern(r["answer"]))}
+            "by_key_digits": by(lambda r: key_digit_pattern(r["answer"])),
+            "misses": summarize_misses(records, correct_field="exact")}
 
 
 def _fresh_results(results_dir: str, model_id: dict | None) -> None:
@@ -207,4 +210,6 @@ def run_eval(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
             logging.warning("Could not write the eval summary / heatmap: %s", e)
     logging.info("Final evaluation: exact match %s overall; per context length %s", summary["overall"]["exact_match"],
                  {k: v["exact_match"] for k, v in summary["by_context_length"].items()})
+    if summary["misses"]["num_misses"]:
+        logging.info("%s", format_misses(summary["misses"]))
     return summary

@@ -145,7 +145,10 @@ def test_summary_numbers_by_hand():
     perf = s["performance"]
     assert (perf["category"], perf["status"], perf["consistency"]) == ("FAIR", "WARN", "INCONSISTENT")
     assert perf["segment_count"] == 1 and perf["expected_degradation"] == 0
+    assert s["misses"]["num_misses"] == 3 and s["misses"]["by_kind"]["wrong_length"] == 3  # " 99." for 1234
+    assert s["misses"]["by_first_wrong_digit"] == {"1": 3}
     report = format_report(s, "somewhere/summary.json")
+    assert "Misses: 3 (wrong_length 3; first wrong digit 1: 3)" in report
     assert "PASSKEY RETRIEVAL ANALYSIS - INFINI-ATTENTION MODEL" in report
     assert "Depth   0%: ████████████████████████          75.00% (3/4)" in report
     assert "Average Accuracy: 75.00%" in report and "⚠ FAIR" in report
