@@ -15,14 +15,15 @@ exact at 8K, 16K, 32K, 128K and 1M tokens, 308 prompts each, and at 16M, 66 of 6
 in fp32 the shipped bf16 weights answer 308 of 308 at 1K and 307 of 308 at 2K). It is not robust across runs: of
 four runs of it on an H200 (seeds 0/1, 1/2, 2/3, 3/4; tenth and eleventh sessions) one met the targets (>= 99% at
 32K, 128K and 1M, >= 95% at 16M), two missed by a few prompts (95.8-100%) and one failed (67-73%); with 560 s
-instead of 380 (``--config.total_seconds=560``), seeds 2/3 and 3/4 gave 98.1-100% and 99.4-100% at 32K-1M, the latter
-66 of 66 at 16M (the targets met), and with 560 s and ``--config.data.needle_boundary_window=0`` (train keys cut by a
-segment boundary, not keys near one) 99.4-100% on both, 48 of 66 and 64 of 66 at 16M (twelfth session). Budgets are in seconds of training, so
-another GPU takes another number of steps, and a re-run is a new draw: GPU training is not bit-reproducible
-(``--config.deterministic=True`` is, with a step budget, at 1.9x lower throughput). After training the job warns when
-the closing far-needle accuracy is below 0.99 and runs the probes of ``infini_jax/train_probe.py`` (``probe.json``):
-the virtual-length probe (aligned 8K prompts, haystack writes x 128; every run below 0.98 missed the targets) and the
-cut-key probe (8K prompts whose key a segment boundary cuts; 17 of the 18 runs below 0.975 missed them).
+instead of 380 (``--config.total_seconds=560``), seeds 2/3 and 3/4 gave 98.1-100% and 99.4-100% at 32K-1M, the
+latter 66 of 66 at 16M (the targets met), and with 560 s and ``--config.data.needle_boundary_window=0`` (train keys
+cut by a segment boundary, not keys near one) 99.4-100% on both, 48 of 66 and 64 of 66 at 16M (twelfth session).
+Budgets are in seconds of training, so another GPU takes another number of steps, and a re-run is a new draw: GPU
+training is not bit-reproducible (``--config.deterministic=True`` is, with a step budget, at 1.9x lower throughput).
+After training the job warns when the closing far-needle accuracy is below 0.99 and runs the probes of
+``infini_jax/train_probe.py`` (``probe.json``): the virtual-length probe (aligned 8K prompts, haystack writes x 128;
+every run below 0.98 missed the targets) and the cut-key probe (8K prompts whose key a segment boundary cuts; 17 of
+the 18 runs below 0.975 missed them).
 
 The ``xla`` variant trains the same recipe with the portable numerics (XLA attention, fp32 memory einsums), for GPUs
 without cuDNN fused attention (before Ampere) or to compare; it runs 1.35x fewer steps per second, so in 380 s it is

@@ -41,7 +41,8 @@ def test_summarize_misses_counts_only_the_wrong_ones():
         "by_first_wrong_digit": {"1": 2, "4": 1},
     }
     assert tuple(misses["by_kind"]) == MISS_KINDS
-    assert format_misses(misses) == "Misses: 4 (no_number 1, one_digit 2, adjacent_swap 1; first wrong digit 1: 2, 4: 1)"
+    line = "Misses: 4 (no_number 1, one_digit 2, adjacent_swap 1; first wrong digit 1: 2, 4: 1)"
+    assert format_misses(misses) == line
     none = summarize_misses(records[3:4], correct_field="exact")
     assert none["num_misses"] == 0 and format_misses(none) == ""
     with pytest.raises(KeyError):  # the field that says right or wrong must be there
