@@ -16,24 +16,23 @@ at 16M tokens wrote the wrong first digit and the right other four).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
+from infini_jax.results import first_number
+
 MISS_KINDS = ("no_number", "wrong_length", "one_digit", "adjacent_swap", "other")
-_DIGITS = re.compile(r"\d+")
 
 
 def miss_kind(answer: str, generation: str) -> tuple[str, int | None]:
     """``(kind, first_wrong_digit)`` of a generation that does not give ``answer`` (see the module's kinds).
     ``first_wrong_digit`` is None when the key is not a number or the generation has no digit."""
-    answer, generation = str(answer).strip(), str(generation)
-    first = _DIGITS.search(generation)
+    answer = str(answer).strip()
     if not answer.isdigit():
         return "other", None
-    if first is None:
+    got = first_number(generation)
+    if got is None:
         return "no_number", None
-    got = first.group(0)
     differ = [i for i, (a, g) in enumerate(zip(answer, got, strict=False)) if a != g]
     position = (differ[0] if differ else min(len(answer), len(got))) + 1
     if len(got) != len(answer):

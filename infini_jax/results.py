@@ -66,12 +66,17 @@ def score(answer: str, generation: str) -> tuple[bool, bool]:
     generation = str(generation)
     correct = answer in generation
     if answer.isdigit():
-        first = _DIGITS.search(generation)
-        strict = first is not None and first.group(0) == answer
+        strict = first_number(generation) == answer
     else:
         words = generation.split()
         strict = bool(words) and words[0].strip(".,;:!?\"'()[]") == answer
     return correct, strict
+
+
+def first_number(generation: str) -> str | None:
+    """The first run of digits in ``generation`` (what strict scoring compares with a numeric answer), or None."""
+    first = _DIGITS.search(str(generation))
+    return None if first is None else first.group(0)
 
 
 def segment_info(
