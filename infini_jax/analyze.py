@@ -303,7 +303,7 @@ def _summary_lines(s: dict) -> list[str]:
         f"Max Accuracy: {st['max_accuracy']:.2f}% (at depth {_fmt_depth(st['max_depth'])}%)",
         f"Overall Accuracy: {s['overall_accuracy']:.2f}% ({s['total_correct']}/{s['total_samples']}), "
         f"strict: {s['overall_strict_accuracy']:.2f}%",
-        *([format_misses(s["misses"])] if s.get("misses", {}).get("num_misses") else []),
+        *([format_misses(s["misses"])] if (s.get("misses") or {}).get("num_misses") else []),
         "",
         THIN,
         "PERFORMANCE ASSESSMENT:",

@@ -847,9 +847,10 @@ def test_final_evaluation_writes_eval_json_and_resumes(reference_run, tmp_path, 
     assert split.get("near", {}).get("num_samples", 0) == sum(flags)
     older = [{k: v for k, v in r.items() if k != "key_near_segment_boundary"} for r in records]
     assert set(train_eval.summarize_eval(older)["by_needle_near_boundary"]) == {"unknown"}
-    misses = saved["misses"]  # the inexact answers by kind (infini_jax.miss_kinds)
-    assert misses["num_misses"] == sum(not r["exact"] for r in records)
-    assert misses["num_misses"] == 4 - round(4 * saved["overall"]["exact_match"])
+    assert saved["misses"]["num_misses"] == sum(not r["exact"] for r in records)  # by kind: infini_jax.miss_kinds
+    # A miss is an inexact answer, even when nanotron's criterion (the key anywhere in the text) accepts it.
+    shifted = dict(records[0], generation="x" + records[0]["answer"], exact=False, correct=True)
+    assert train_eval.summarize_eval([shifted])["misses"]["by_kind"]["other"] == 1
     patterns = saved["by_key_digits"]  # keys split by how their digits repeat
     assert sum(v["num_samples"] for v in patterns.values()) == 4
     assert set(patterns) <= {"distinct", "adjacent_pair", "repeated_apart"}
