@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infini_jax.miss_kinds import format_misses, summarize_misses
 from infini_jax.results import read_results
 
 CLOSING_WINDOW_STEPS = 500  # the training job's end-of-run figure (far_accuracy_last_500_steps)
@@ -165,7 +166,8 @@ def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | o
                    target: Mapping[int, float] = DEMO_TARGET) -> dict[str, Any]:
     """``runs``: (name, training workdir, evaluation results files or directories). Returns per run its log
     summary, its virtual-length and cut-key probes (``probe.json`` of the workdir or of an evaluation directory),
-    pooled exact match per length and target shortfalls, and how many runs met the target."""
+    pooled exact match per length, the inexact answers by kind (``infini_jax.miss_kinds``), target shortfalls, and
+    how many runs met the target."""
     out = []
     for name, workdir, results in runs:
         summary = training_log_summary(Path(workdir) / "metrics.jsonl")
@@ -176,13 +178,15 @@ def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | o
                     "probe_cut_key_exact_match": cut_key_rate([workdir, *results]),
                     "exact_match_by_context_length": {str(k): {"exact": ok, "of": n, "exact_match": ok / n}
                                                       for k, (ok, n) in by_length.items()},
+                    "misses": summarize_misses(read_results(list(results)), correct_field="exact") if results else None,
                     "meets_target": not short, "shortfalls": short})
     return {"target": {str(k): v for k, v in sorted(target.items())}, "runs": out,
             "runs_meeting_target": sum(r["meets_target"] for r in out), "num_runs": len(out)}
 
 
 def markdown_table(summary: Mapping[str, Any]) -> str:
-    """One row per run: training-log figures, exact match per evaluated length, the target verdict."""
+    """One row per run: training-log figures, exact match per evaluated length, the misses by kind and first wrong
+    digit, the target verdict."""
     runs = summary["runs"]
     lengths = sorted({int(k) for r in runs for k in r["exact_match_by_context_length"]})
     stage_key = next((k for k in runs[0] if k.startswith("stage_0_far_accuracy_last_")), None) if runs else None
@@ -194,7 +198,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     probed = any(r.get("probe_exact_match") or r.get("probe_cut_key_exact_match") is not None for r in runs)
     head = ["run", "steps", "stage 0 exit", "first >= 0.5", "stage 0 mean", "closing"]
     head += ["probe"] if probed else []
-    head += [_short(n) for n in lengths] + ["target"]
+    head += [_short(n) for n in lengths] + ["misses (kind; first wrong digit)", "target"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         exit0 = r["stage_exits"][0] if r["stage_exits"] else None
@@ -209,6 +213,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         for n in lengths:
             e = r["exact_match_by_context_length"].get(str(n))
             cells.append("-" if e is None else f"{e['exact_match']:.1%} ({e['exact']}/{e['of']})")
+        misses = r.get("misses")  # None: not evaluated
+        cells.append("-" if misses is None else format_misses(misses).removeprefix("Misses: ") or "none")
         cells.append("met" if r["meets_target"] else "missed: " + "; ".join(r["shortfalls"]))
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\n{summary['runs_meeting_target']} of {summary['num_runs']} runs meet the target "

@@ -7,9 +7,10 @@ workdirs, their eval/ folders or results.jsonl files, e.g. at other lengths or e
     python scripts/training_runs.py G0=runs/G0,runs/G0_eval,runs/G0_16M G1=runs/G1,runs/G1_eval \\
         --json runs/summary.json
 
-Prints a markdown table (closing far-needle accuracy, stage-0 exit and trajectory, exact match per length, the
-target verdict) and, with ``--json``, writes every figure. Default target: the demo model's (>= 99% at 32K,
-128K and 1M, >= 95% at 16M); ``--target 8192:0.99,16384:0.99`` sets another.
+Prints a markdown table (closing far-needle accuracy, stage-0 exit and trajectory, the probes, exact match per
+length, the misses by kind and first wrong digit, the target verdict) and, with ``--json``, writes every figure.
+Default target: the demo model's (>= 99% at 32K, 128K and 1M, >= 95% at 16M); ``--target 8192:0.99,16384:0.99``
+sets another.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def _write_run(workdir, far_by_step, exit_step, cut_last_line=False):
 
 def _write_results(directory, length, exact, total):
     directory.mkdir(parents=True)
-    rows = [{"id": f"r{length}-{i}", "context_length": length, "exact": i < exact} for i in range(total)]
+    rows = [{"id": f"r{length}-{i}", "context_length": length, "exact": i < exact, "answer": "12345",
+             "generation": "12345." if i < exact else "92345."} for i in range(total)]  # misses: the first digit
     (directory / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -98,8 +99,10 @@ def test_the_script_tables_the_runs_and_counts_those_meeting_the_target(tmp_path
                                   "--target", "32768:0.99,16777216:0.95", "--json", str(out_json)])
     printed = capsys.readouterr().out
     # The workdir's own eval/ is pooled with the extra evaluation, and a file given twice counts once.
-    assert "| good | 200 | 100 (0.990) | 25 | 0.990 | 0.990 | 100.0% (308/308) | 100.0% (22/22) | met |" in printed
-    assert "missed: 32K: 290/308 = 94.2% < 99%; 16M: not evaluated" in printed
+    good_row = "| good | 200 | 100 (0.990) | 25 | 0.990 | 0.990 | 100.0% (308/308) | 100.0% (22/22) | none | met |"
+    assert good_row in printed
+    misses = "| 94.2% (290/308) | - | 18 (one_digit 18; first wrong digit 1: 18) | missed: 32K: 290/308"
+    assert misses in printed  # the inexact answers by kind
     assert "1 of 2 runs meet the target (32K >= 99%, 16M >= 95%)." in printed
     assert json.loads(out_json.read_text()) == summary and summary["runs_meeting_target"] == 1
     # A probe.json (the training job's, or an eval_only run's) adds a column.
