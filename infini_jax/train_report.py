@@ -88,8 +88,13 @@ def training_log_summary(metrics_path: str | os.PathLike, *, closing_window_step
 
 def exact_match_by_length(results: Iterable[str | os.PathLike]) -> dict[int, tuple[int, int]]:
     """{context length: (exact, prompts)} pooled over evaluation results files or directories."""
+    return pooled_exact_match(read_results(list(results)))
+
+
+def pooled_exact_match(records: Iterable[Mapping[str, Any]]) -> dict[int, tuple[int, int]]:
+    """{context length: (exact, prompts)} over evaluation records (a training job's: with ``exact``)."""
     pooled: dict[int, list[int]] = {}
-    for record in read_results(list(results)):
+    for record in records:
         if "context_length" not in record or "exact" not in record:
             raise ValueError(f"Result record {record.get('id')!r} lacks context_length / exact: pass the results of "
                              "a training job's evaluation (its eval/, or an --config.eval_only workdir's).")
@@ -171,14 +176,15 @@ def summarize_runs(runs: Sequence[tuple[str, str | os.PathLike, Sequence[str | o
     out = []
     for name, workdir, results in runs:
         summary = training_log_summary(Path(workdir) / "metrics.jsonl")
-        by_length = exact_match_by_length(results) if results else {}
+        records = read_results(list(results)) if results else []  # read once for the rates and the misses
+        by_length = pooled_exact_match(records)
         short = target_shortfalls(by_length, target)
         out.append({"name": name, "workdir": str(workdir), **summary,
                     "probe_exact_match": probe_rates([workdir, *results]),
                     "probe_cut_key_exact_match": cut_key_rate([workdir, *results]),
                     "exact_match_by_context_length": {str(k): {"exact": ok, "of": n, "exact_match": ok / n}
                                                       for k, (ok, n) in by_length.items()},
-                    "misses": summarize_misses(read_results(list(results)), correct_field="exact") if results else None,
+                    "misses": summarize_misses(records, correct_field="exact") if results else None,
                     "meets_target": not short, "shortfalls": short})
     return {"target": {str(k): v for k, v in sorted(target.items())}, "runs": out,
             "runs_meeting_target": sum(r["meets_target"] for r in out), "num_runs": len(out)}
