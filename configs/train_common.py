@@ -124,6 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
     o.warmup_steps = 150  # linear warm-up from 0 (steps)
     o.min_lr_ratio = 0.1  # cosine decays each group to this fraction of its peak
     o.balance_factor_min_lr = config_dict.placeholder(float)  # absolute floor for the balance group (nanotron)
+    # > 0: keep an fp32 moving average of the weights, ema = d * ema + (1 - d) * params after each update (it never
+    # changes the training), exported as workdir/model_ema and probed / evaluated into workdir/ema; 0 = off
+    o.ema_decay = 0.0
     c.optim = o
 
     # ------------------------------------------------------------------ loss

@@ -17,7 +17,8 @@ resumable Orbax checkpoints, JSON-lines metrics, export and a final passkey eval
 4. Export ``workdir/model`` (a converted directory for ``load_model``, with ``model_card.json``
    ``"trained": true`` and ``training_config.json``), run the virtual-length probe when enabled
    (``workdir/probe.json``, ``train_probe``), then evaluate it on freshly generated prompts (held-out keys and
-   haystack text) into ``workdir/eval`` and ``workdir/eval.json``.
+   haystack text) into ``workdir/eval`` and ``workdir/eval.json``. With ``optim.ema_decay`` > 0 the same for the
+   weight average (``train_ema``): ``workdir/model_ema`` and ``workdir/ema/`` (probe.json, eval/, eval.json).
 
 Loss = ``lm_weight`` * next-token CE over all tokens + ``answer_weight`` * CE on the answer digits +
 ``needle_copy_weight`` * CE on the needle's second copy of the key (each a mean over its tokens).
@@ -60,6 +61,7 @@ from infini_jax.train_data import (
     haystack_text,
     text_files,
 )
+from infini_jax.train_ema import EMA_DIR, EMA_EVAL_DIR, check_ema_decay, ema_as_state, init_ema, update_ema
 from infini_jax.train_eval import run_eval
 from infini_jax.train_optim import OptimSettings, make_optimizer
 from infini_jax.train_probe import Probe, probe_enabled, run_probe
@@ -273,6 +275,9 @@ class Trainer:
         self.graphdef, state = nnx.split((model, optimizer))
         self.state = self._place_state(state)
         self._step_fn = self._make_step_fn()
+        # The weight average (train_ema.py): a read-out beside the state, never part of the update.
+        self.ema_decay = check_ema_decay(self.optim.ema_decay)
+        self.ema = init_ema(self.state[0]) if self.ema_decay else None
 
         self.step = 0
         self.rng = np.random.default_rng(int(_cfg_get(config, "data_seed", 1)))
@@ -443,8 +448,10 @@ class Trainer:
         self.clock.pause()
         self._flush_pending()
         if self.ckpt.latest_step() != self.step:
-            self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
-                                                              meta=ocp.args.JsonSave(self._meta())), force=True)
+            items = {"state": ocp.args.StandardSave(self.state), "meta": ocp.args.JsonSave(self._meta())}
+            if self.ema is not None:
+                items["ema"] = ocp.args.StandardSave(self.ema)
+            self.ckpt.save(self.step, args=ocp.args.Composite(**items), force=True)
             self.ckpt.wait_until_finished()
             logging.info("Saved checkpoint at step %d in %s", self.step, self.workdir / CHECKPOINT_DIR)
         self._interval_start = time.perf_counter()
@@ -455,14 +462,24 @@ class Trainer:
         if step is None:
             return False
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
-        restored = self.ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                   meta=ocp.args.JsonRestore()))
+        items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
+        has_ema = (self.workdir / CHECKPOINT_DIR / str(step) / "ema").is_dir()
+        if self.ema is not None and has_ema:
+            items["ema"] = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, self.ema))
+        restored = self.ckpt.restore(step, args=ocp.args.Composite(**items))
         meta = restored["meta"]
         arch = lambda d: {k: v for k, v in d.items() if k not in NUMERIC_FIELDS}  # numerics may change
         if meta.get("model_config") and arch(meta["model_config"]) != arch(self.model_cfg.to_dict()):
             raise ValueError(f"The checkpoint in {self.workdir / CHECKPOINT_DIR} was written for another model "
                              f"({meta['model_config']}); use a new workdir.")
         self.state = restored["state"]
+        if self.ema is not None:
+            if has_ema:
+                self.ema = restored["ema"]
+            else:
+                self.ema = init_ema(self.state[0])
+                logging.warning("The checkpoint at step %d has no weight average (it was written without "
+                                "optim.ema_decay): the average starts from its weights.", step)
         self.step = int(meta["step"])
         self.rng.bit_generator.state = meta["rng"]
         self.curriculum.load_state_dict(meta["curriculum"])
@@ -570,6 +587,13 @@ class Trainer:
         return rec
 
     # ------------------------------------------------------------------ loop
+    def _update(self, batch, lr_arr):
+        """One train step, then the weight average when kept. Returns (state, metrics)."""
+        state, metrics = self._step_fn(self.state, batch, lr_arr)
+        if self.ema is not None:
+            self.ema = update_ema(self.ema, state[0], jnp.float32(self.ema_decay))
+        return state, metrics
+
     def train(self, stop_at_step: int | None = None, save_at_end: bool = True) -> None:
         """Trains until the budget is used, or until ``stop_at_step`` (tests: ``save_at_end=False`` then
         simulates a crash that loses everything after the last periodic checkpoint)."""
@@ -602,8 +626,8 @@ class Trainer:
                 jax.block_until_ready(self.state)  # the step in flight still counts
                 self.clock.pause()
                 t0 = time.perf_counter()
-                self.state, metrics = self._step_fn(self.state, batch, lr_arr)
-                jax.block_until_ready(metrics)
+                self.state, metrics = self._update(batch, lr_arr)
+                jax.block_until_ready((metrics, self.ema))
                 compile_seconds = time.perf_counter() - t0
                 logging.info("Compiled and ran the train step for batch %d x %d tokens in %.1fs", *shape,
                              compile_seconds)
@@ -611,7 +635,7 @@ class Trainer:
                 self._interval_start += compile_seconds  # the interval's tokens/s leaves the compilation out
                 self.clock.start()
             else:
-                self.state, metrics = self._step_fn(self.state, batch, lr_arr)
+                self.state, metrics = self._update(batch, lr_arr)
             # Keep one step in flight: fetch the previous step's metrics while this one runs.
             self._flush_pending()
             self._pending.append((self.step + 1, metrics))
@@ -637,17 +661,28 @@ class Trainer:
         resumed run counts the steps logged before it resumed)."""
         return closing_far_accuracy([rec for _, rec in self._metric_lines()], self.step)
 
-    def export(self, model: InfiniLlama | None = None) -> Path:
-        """``workdir/model``: a converted directory with ``model_card.json`` ("trained": true), stored with
-        ``PORTABLE_NUMERICS`` (nanotron's; it loads on any device) whatever the run trained with (the card's
-        ``trained_with``; the job's own probe and evaluation use the training's numerics). ``model``: the current
-        model already on one device (``one_device_model``), if the caller has it."""
+    def ema_model(self) -> InfiniLlama:
+        """The weight average as a model on one device (``optim.ema_decay`` > 0 only)."""
+        if self.ema is None:
+            raise ValueError("No weight average: set config.optim.ema_decay (e.g. 0.999) before training.")
+        model = self.model()
+        nnx.update(model, ema_as_state(self.ema, self.state[0]))
+        return model if self.mesh is None else _to_one_device(model)
+
+    def export(self, model: InfiniLlama | None = None, directory: str = MODEL_DIR,
+               weights: str = "last") -> Path:
+        """``workdir/<directory>`` (``model``): a converted directory with ``model_card.json`` ("trained": true),
+        stored with ``PORTABLE_NUMERICS`` (nanotron's; it loads on any device) whatever the run trained with (the
+        card's ``trained_with``; the job's own probe and evaluation use the training's numerics). ``model``: the
+        current model already on one device (``one_device_model``), if the caller has it; ``weights``: "last" (the
+        last update's) or "ema" (the weight average, ``model_ema``), recorded in the card."""
         from infini_jax.checkpoint import save_converted
 
         model = model if model is not None else self.one_device_model()
-        out = save_converted(model, self.workdir / MODEL_DIR, overwrite=True, numerics=PORTABLE_NUMERICS)
+        out = save_converted(model, self.workdir / directory, overwrite=True, numerics=PORTABLE_NUMERICS)
         trained_with = {k: getattr(model.cfg, k) for k in PORTABLE_NUMERICS}
-        card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step,
+        card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step, "weights": weights,
+                **({"ema_decay": self.ema_decay} if weights == "ema" else {}),
                 "trained_with": {k: getattr(v, "value", v) for k, v in trained_with.items()},
                 "train_seconds": round(self.clock.elapsed, 2), "tokens_seen": self.tokens_seen,
                 "tokenizer": str(_cfg_get(self.config, "tokenizer") or "infini_jax/assets/demo_tokenizer"),
@@ -765,4 +800,15 @@ def run(config) -> dict[str, Any]:
         out["probe"] = run_probe(config, model, trainer.tokenizer, trainer.workdir, probe=trainer.probe)
         out["eval"] = run_eval(config, model, trainer.tokenizer, trainer.workdir,
                                model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen})
+        if trainer.ema is not None:  # the same for the weight average, into workdir/ema
+            ema_model = trainer.ema_model()
+            out["ema_model_dir"] = str(trainer.export(ema_model, directory=EMA_DIR, weights="ema"))
+            ema_dir = trainer.workdir / EMA_EVAL_DIR
+            ema_dir.mkdir(exist_ok=True)
+            logging.info("The weight average (optim.ema_decay %g): probe and evaluation into %s", trainer.ema_decay,
+                         ema_dir)
+            out["ema_probe"] = run_probe(config, ema_model, trainer.tokenizer, ema_dir, probe=trainer.probe)
+            out["ema_eval"] = run_eval(config, ema_model, trainer.tokenizer, ema_dir,
+                                       model_id={"step": trainer.step, "tokens_seen": trainer.tokens_seen,
+                                                 "weights": "ema", "ema_decay": trainer.ema_decay})
     return out

@@ -47,6 +47,7 @@ class OptimSettings:
     warmup_steps: int = 150
     min_lr_ratio: float = 0.1
     balance_factor_min_lr: float | None = None  # absolute floor of the balance LR (nanotron); None: ratio
+    ema_decay: float = 0.0  # > 0: also keep an average of the weights (train_ema.py); not part of the update
 
     @classmethod
     def from_config(cls, optim) -> OptimSettings:

@@ -659,6 +659,84 @@ def test_a_resume_at_a_stage_change_logs_the_change_once(reference_run, tmp_path
         Trainer(config)
 
 
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def test_the_weight_average_follows_its_formula_and_leaves_the_training_unchanged(reference_run, tmp_path):
+    """optim.ema_decay = d: after each update ema = d * ema + (1 - d) * params, from ema = params at step 0,
+    recomputed here in float64 from the weights after every step; the losses are the reference run's (the average
+    never enters the update). A bad decay is refused."""
+    d = 0.75
+    config = _config(tmp_path)
+    config.optim.ema_decay = d
+    trainer = Trainer(config)
+    want = _leaves(nnx.state(trainer.model(), nnx.Param))
+    for step in range(1, 25):
+        trainer.train(stop_at_step=step, save_at_end=False)
+        want = [d * w + (1 - d) * p for w, p in zip(want, _leaves(nnx.state(trainer.model(), nnx.Param)),
+                                                    strict=True)]
+    got = _leaves(trainer.ema)
+    assert len(got) == len(want) and all(x.dtype == np.float32 for x in jax.tree.leaves(trainer.ema))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    last = _leaves(nnx.state(trainer.model(), nnx.Param))
+    assert max(np.abs(a - b).max() for a, b in zip(got, last, strict=True)) > 1e-3  # an average, not the weights
+    ref, ours = _losses(reference_run.history), _losses(trainer.history)
+    assert sorted(ours) == list(range(1, 25))
+    assert all(ours[s] == pytest.approx(ref[s], rel=1e-6, abs=1e-6) for s in ref)
+    for bad in (1.0, -0.1):
+        config.optim.ema_decay = bad
+        with pytest.raises(ValueError, match="ema_decay"):
+            Trainer(config)
+
+
+def test_the_weight_average_resumes_exactly_and_exports_as_model_ema(tmp_path, caplog):
+    """The average is checkpointed: a run that crashed after its checkpoint at step 4 and resumed ends with the
+    average of an uninterrupted run. A checkpoint written without it starts the average from its weights (with a
+    warning). ``run`` exports it as workdir/model_ema (card "weights": "ema") and probes it into workdir/ema."""
+    from infini_jax.api import load_model
+    from infini_jax.train import run
+
+    def config(workdir, ema_decay=0.5):
+        c = _config(workdir, total_steps=8)
+        c.optim.ema_decay = ema_decay
+        return c
+
+    whole = Trainer(config(tmp_path / "whole"))
+    whole.train()
+    Trainer(config(tmp_path / "split")).train(stop_at_step=7, save_at_end=False)
+    resumed = Trainer(config(tmp_path / "split"))
+    assert resumed.restore() and resumed.step == 4
+    resumed.train()
+    for a, b in zip(_leaves(resumed.ema), _leaves(whole.ema), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    Trainer(config(tmp_path / "plain", ema_decay=0.0)).train(stop_at_step=4, save_at_end=False)
+    late = Trainer(config(tmp_path / "plain"))
+    with caplog.at_level(logging.WARNING):
+        assert late.restore() and late.step == 4
+    assert "no weight average" in caplog.text
+    for a, b in zip(_leaves(late.ema), _leaves(nnx.state(late.model(), nnx.Param)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    c = config(tmp_path / "job")
+    c.probe.enabled = True
+    c.probe.context_length, c.probe.virtual_lengths, c.probe.depths, c.probe.keys_per_cell = SEQ, (16.0,), (50,), 1
+    c.probe.cut_keys_per_place = 0
+    out = run(c)
+    exported = tmp_path / "job" / "model_ema"
+    assert out["ema_model_dir"] == str(exported) and json.loads((tmp_path / "job" / "ema" / "probe.json").read_text())
+    card = json.loads((exported / "model_card.json").read_text())
+    assert (card["weights"], card["ema_decay"]) == ("ema", 0.5)
+    assert json.loads((tmp_path / "job" / "model" / "model_card.json").read_text())["weights"] == "last"
+    job = Trainer(c)  # the job's final checkpoint holds the average it exported
+    assert job.restore()
+    for a, b in zip(_leaves(nnx.state(load_model(exported, dtype="float32"), nnx.Param)), _leaves(job.ema),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_session_seconds_spreads_the_budget_over_invocations_with_the_identical_metrics(tmp_path):
     """session_seconds: each invocation trains that long, stops at the next log line, saves and returns without an
     export; the same command again goes on. A tiny limit stops at the first log line (2 steps), so two short sessions
