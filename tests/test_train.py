@@ -691,6 +691,15 @@ def test_the_weight_average_follows_its_formula_and_leaves_the_training_unchange
             Trainer(config)
 
 
+def test_no_first_stage_warning_at_or_above_its_threshold(tmp_path, caplog, monkeypatch):
+    from infini_jax import train
+
+    monkeypatch.setattr(train, "FIRST_STAGE_EXIT_WARNING", 0.0)  # any accuracy is at or above it
+    with caplog.at_level(logging.WARNING):
+        Trainer(_config(tmp_path, total_steps=4)).train()
+    assert "leaves its first stage" not in caplog.text
+
+
 def test_the_weight_average_resumes_exactly_and_exports_as_model_ema(tmp_path, caplog):
     """The average is checkpointed: a run that crashed after its checkpoint at step 4 and resumed ends with the
     average of an uninterrupted run. A checkpoint written without it starts the average from its weights (with a
@@ -794,6 +803,9 @@ def test_run_warns_when_the_closing_far_accuracy_is_low(tmp_path, caplog):
         out = run(config)
     assert out["closing_far_accuracy"] is not None and out["closing_far_accuracy"] < 0.99
     assert any("Far-needle training accuracy over the last 500 steps" in r.getMessage() for r in caplog.records)
+    # ... and already when it left its first stage (at step 2 of 4).
+    exits = [r.getMessage() for r in caplog.records if "leaves its first stage" in r.getMessage()]
+    assert len(exits) == 1 and "(early) at step 2 " in exits[0]
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert probe == json.loads(json.dumps(out["probe"])) and sorted(probe["by_virtual_length"]) == ["1", "64"]
     assert all(v["num_samples"] == 4 for v in probe["by_virtual_length"].values())  # 2 depths x 2 haystacks
