@@ -21,8 +21,8 @@ logits of the key's positions only.
 The cut-key probe (``cut_key_places``, ``cut_key_probe``; ``probe.cut_keys_per_place``) reads keys whose first copy a
 segment boundary cuts, on plain prompts of the same length: the near misses of the eleventh session's runs were such
 keys, at 8K as at 128K. Of the 28 demo runs probed (CPU, fp32, 8K, 120 prompts; the job's own reading for the
-thirteenth session's), 19 of the 21 below 0.975 missed the targets (the two others met them at 32K-1M, F3 at 16M too) and 6 of the 7
-at or above it met them (docs/training.md, eleventh to thirteenth sessions).
+thirteenth session's), 19 of the 21 below 0.975 missed the targets (the two others met them at 32K-1M, F3 at 16M
+too) and 6 of the 7 at or above it met them (docs/training.md, eleventh to thirteenth sessions).
 """
 
 from __future__ import annotations
