@@ -86,6 +86,31 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
         train_demo.get_config("fast")
 
 
+def test_boundary_repair_trains_on_answers_whose_first_digit_opens_a_segment(tmp_path):
+    """configs/train_demo.py:boundary_repair fine-tunes an export (here the demo model) on rows whose answer's first
+    digit is the first token of a segment, in every batch: the evaluation's case at lengths that are multiples of
+    the segment. It keeps the export's XLA numerics, so it runs on a CPU."""
+    from configs import train_demo
+    from infini_jax.train import Trainer
+
+    config = train_demo.get_config("boundary_repair")
+    assert config.init_from is None  # required
+    config.init_from, config.workdir = str(DEMO), str(tmp_path)
+    config.probe.enabled = False
+    config.eval.enabled = False
+    trainer = Trainer(config)
+    segment = trainer.model_cfg.segment_length
+    for _ in range(3):
+        batch = trainer.make_batch(trainer.curriculum.stage)
+        assert batch["input_ids"].shape == (16, 1024)
+        # answer_mask[r, t] = 1: token t + 1 is an answer target (5 digits and the "." after them); the first digit
+        # sits at a segment's first position.
+        first_digit = np.argmax(batch["answer_mask"] > 0, axis=1) + 1
+        assert np.all(batch["answer_mask"].sum(axis=1) == 6) and np.all(first_digit % segment == 0), first_digit
+    trainer.train(stop_at_step=1, save_at_end=False)  # one update of the fp32 parameters, on CPU
+    assert trainer.step == 1 and np.isfinite(trainer.history[-1]["loss"])
+
+
 # Options added after the shipped model was trained whose "off" value is not 0 / empty: the value it was trained with.
 NEUTRAL_LATER_OPTIONS = {"varied_texts": 1,  # one generated text
                          "repeated_digit_span": "adjacent"}  # the repeated digit copies its predecessor
