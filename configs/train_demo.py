@@ -126,6 +126,7 @@ def get_config(variant: str = ""):
         # of five). Thirteenth session, CPU, one run (K0): 31 -> 43 of 44 aligned 8K prompts after 60 steps; 60
         # steps of the recipe's own mix instead: 28 of 44. Not yet measured at 32K-16M: evaluate before using it.
         c.init_from = config_dict.placeholder(str)  # required: the export to fine-tune (its numerics: XLA / fp32)
+        c.require_init_from = True  # without init_from the job stops with an error naming it
         c.workdir = "outputs/boundary_repair"
         c.total_seconds, c.total_steps = 0.0, 60
         c.curriculum = {"stage_0": stage("answer_opens_segment_1k", 1024, 16, 1.0)}

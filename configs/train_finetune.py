@@ -28,6 +28,7 @@ def get_config(variant: str = ""):
     c = train_common.get_config()
     c.workdir = "outputs/finetune"
     c.init_from = config_dict.placeholder(str)  # required: the checkpoint to start from
+    c.require_init_from = True  # without init_from the job stops with an error naming it
     c.tokenizer = config_dict.placeholder(str)  # the checkpoint's tokenizer (None: the byte-level demo one)
     # Numerics only (the architecture is the checkpoint's). segment_length: Hugging Face Llama folders only.
     m = c.model

@@ -230,6 +230,9 @@ class Trainer:
 
     def __init__(self, config):
         self.config = config
+        if bool(_cfg_get(config, "require_init_from", False)) and not _cfg_get(config, "init_from"):
+            raise ValueError("This config fine-tunes a trained model: set --config.init_from=<a nanotron step "
+                             "directory, a converted directory or a training run's export, e.g. outputs/run/model>.")
         self.workdir = Path(config.workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.optim = OptimSettings.from_config(config.optim)
@@ -348,8 +351,12 @@ class Trainer:
         self.repeated_digit_span = check_repeated_digit_span(str(_cfg_get(d, "repeated_digit_span", "adjacent")),
                                                              num_digits, max(shares))  # fail now, not at a stage
         self.needle_boundary_share = check_share("needle_boundary_share", _cfg_get(d, "needle_boundary_share", 0.0))
-        self.needle_boundary_window = check_boundary_window(_cfg_get(d, "needle_boundary_window", 8),
-                                                            self.model_cfg.segment_length)
+        boundary_shares = [self.needle_boundary_share, *(st.needle_boundary_share or 0.0 for st in self.stages)]
+        window = _cfg_get(d, "needle_boundary_window", 8)
+        # Checked against the segment only where a stage places needles at boundaries (text-only fine-tuning of a
+        # model with short segments never uses it).
+        self.needle_boundary_window = (check_boundary_window(window, self.model_cfg.segment_length)
+                                       if max(boundary_shares) > 0 else window)
 
     def _make_mesh(self):
         n = jax.device_count()

@@ -94,8 +94,10 @@ def test_boundary_repair_trains_on_answers_whose_first_digit_opens_a_segment(tmp
     from infini_jax.train import Trainer
 
     config = train_demo.get_config("boundary_repair")
-    assert config.init_from is None  # required
-    config.init_from, config.workdir = str(DEMO), str(tmp_path)
+    config.workdir = str(tmp_path)
+    with pytest.raises(ValueError, match="--config.init_from="):  # required: a random model is nothing to repair
+        Trainer(config)
+    config.init_from = str(DEMO)
     config.probe.enabled = False
     config.eval.enabled = False
     trainer = Trainer(config)

@@ -1077,3 +1077,27 @@ def test_deterministic_asks_xla_for_deterministic_gpu_kernels_before_the_backend
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="before JAX starts"):
         runner.request_deterministic_gpu_ops(cfg)
+
+
+def test_finetune_config_continues_a_nanotron_checkpoint_on_text_and_requires_one(tmp_path):
+    """configs/train_finetune.py: its CPU smoke setting fine-tunes the nanotron fixture (tests/data/nanotron_A,
+    converted in memory) on packed built-in text and exports it; without init_from the job names the flag."""
+    from configs import train_finetune
+    from infini_jax.api import load_model
+    from infini_jax.train import run
+
+    config = train_finetune.get_config("cpu_smoke")
+    config.workdir = str(tmp_path / "smoke")
+    out = run(config)
+    assert out["finished"] and out["steps"] == 4 and np.isfinite(out["final_metrics"]["loss"])
+    assert out["final_metrics"]["far_accuracy"] is None  # text only: no pass keys
+    start = load_model(config.init_from, dtype="float32")
+    tuned = load_model(out["model_dir"], dtype="float32")
+    assert tuned.cfg.num_layers == start.cfg.num_layers and tuned.cfg.vocab_size == start.cfg.vocab_size
+    pairs = zip(jax.tree.leaves(nnx.state(tuned, nnx.Param)), jax.tree.leaves(nnx.state(start, nnx.Param)), strict=True)
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in pairs]
+    assert max(moved) > 0  # it trained the checkpoint's weights
+    missing = train_finetune.get_config()
+    missing.workdir = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match="--config.init_from="):
+        run(missing)
