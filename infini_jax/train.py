@@ -453,7 +453,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _meta(self) -> dict[str, Any]:
         return {"step": self.step, "rng": self.rng.bit_generator.state, "curriculum": self.curriculum.state_dict(),
-                "train_seconds": self.clock.elapsed, "tokens_seen": self.tokens_seen,
+                "train_seconds": self.clock.elapsed, "tokens_seen": self.tokens_seen, "ema_decay": self.ema_decay,
                 "warmup_end_progress": self.warmup_end_progress, "model_config": self.model_cfg.to_dict()}
 
     def save(self) -> None:
@@ -473,13 +473,17 @@ class Trainer:
         step = self.ckpt.latest_step()
         if step is None:
             return False
+        meta = self.ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        saved_decay = float(meta.get("ema_decay") or 0.0)  # checkpoints from before the average have none
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
-        items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
-        has_ema = (self.workdir / CHECKPOINT_DIR / str(step) / "ema").is_dir()
+        items = {"state": ocp.args.StandardRestore(target)}
+        has_ema = saved_decay > 0
         if self.ema is not None and has_ema:
             items["ema"] = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, self.ema))
+            if saved_decay != self.ema_decay:
+                logging.info("The weight average was kept with optim.ema_decay %g until step %d; it goes on with %g.",
+                             saved_decay, step, self.ema_decay)
         restored = self.ckpt.restore(step, args=ocp.args.Composite(**items))
-        meta = restored["meta"]
         arch = lambda d: {k: v for k, v in d.items() if k not in NUMERIC_FIELDS}  # numerics may change
         if meta.get("model_config") and arch(meta["model_config"]) != arch(self.model_cfg.to_dict()):
             raise ValueError(f"The checkpoint in {self.workdir / CHECKPOINT_DIR} was written for another model "
@@ -705,8 +709,10 @@ class Trainer:
         model = model if model is not None else self.one_device_model()
         out = save_converted(model, self.workdir / directory, overwrite=True, numerics=PORTABLE_NUMERICS)
         trained_with = {k: getattr(model.cfg, k) for k in PORTABLE_NUMERICS}
-        card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step, "weights": weights,
-                **({"ema_decay": self.ema_decay} if weights == "ema" else {}),
+        card = {"trained": True, "made_by": "infini_jax.train", "steps": self.step, "weights_from": weights,
+                **({"ema_decay": self.ema_decay,
+                    "ema_note": "the weight average; the training-log figures below are the run's"}
+                   if weights == "ema" else {}),
                 "trained_with": {k: getattr(v, "value", v) for k, v in trained_with.items()},
                 "train_seconds": round(self.clock.elapsed, 2), "tokens_seen": self.tokens_seen,
                 "tokenizer": str(_cfg_get(self.config, "tokenizer") or "infini_jax/assets/demo_tokenizer"),

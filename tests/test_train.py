@@ -692,18 +692,23 @@ def test_the_weight_average_follows_its_formula_and_leaves_the_training_unchange
 
 
 def test_no_first_stage_warning_at_or_above_its_threshold(tmp_path, caplog, monkeypatch):
+    """The first-stage warning compares with FIRST_STAGE_EXIT_WARNING: set to the accuracy this tiny run leaves its
+    first stage with (0.0, asserted), it stays quiet (at or above is no warning)."""
     from infini_jax import train
 
     monkeypatch.setattr(train, "FIRST_STAGE_EXIT_WARNING", 0.0)  # any accuracy is at or above it
     with caplog.at_level(logging.WARNING):
-        Trainer(_config(tmp_path, total_steps=4)).train()
+        trainer = Trainer(_config(tmp_path, total_steps=4))
+        trainer.train()
+    exits = [r for r in trainer.history if r.get("event") == "stage" and r.get("from") == "early"]
+    assert len(exits) == 1 and exits[0]["far_accuracy"] == 0.0
     assert "leaves its first stage" not in caplog.text
 
 
 def test_the_weight_average_resumes_exactly_and_exports_as_model_ema(tmp_path, caplog):
     """The average is checkpointed: a run that crashed after its checkpoint at step 4 and resumed ends with the
     average of an uninterrupted run. A checkpoint written without it starts the average from its weights (with a
-    warning). ``run`` exports it as workdir/model_ema (card "weights": "ema") and probes it into workdir/ema."""
+    warning). ``run`` exports it as workdir/model_ema (card "weights_from": "ema") and probes it into workdir/ema."""
     from infini_jax.api import load_model
     from infini_jax.train import run
 
@@ -737,8 +742,8 @@ def test_the_weight_average_resumes_exactly_and_exports_as_model_ema(tmp_path, c
     exported = tmp_path / "job" / "model_ema"
     assert out["ema_model_dir"] == str(exported) and json.loads((tmp_path / "job" / "ema" / "probe.json").read_text())
     card = json.loads((exported / "model_card.json").read_text())
-    assert (card["weights"], card["ema_decay"]) == ("ema", 0.5)
-    assert json.loads((tmp_path / "job" / "model" / "model_card.json").read_text())["weights"] == "last"
+    assert (card["weights_from"], card["ema_decay"]) == ("ema", 0.5)
+    assert json.loads((tmp_path / "job" / "model" / "model_card.json").read_text())["weights_from"] == "last"
     job = Trainer(c)  # the job's final checkpoint holds the average it exported
     assert job.restore()
     for a, b in zip(_leaves(nnx.state(load_model(exported, dtype="float32"), nnx.Param)), _leaves(job.ema),
