@@ -705,6 +705,21 @@ def test_no_first_stage_warning_at_or_above_its_threshold(tmp_path, caplog, monk
     assert "leaves its first stage" not in caplog.text
 
 
+def test_the_first_stage_warning_comes_once_not_at_later_stage_changes(tmp_path, caplog):
+    """Three stages of a tiny run leave each stage with a low far-needle accuracy: only the first exit warns."""
+    config = _config(tmp_path, total_steps=6)
+    config.curriculum = {"stage_0": stage("early", SEQ, 4, 1 / 3, force_early_needle=0.8),
+                         "stage_1": stage("middle", SEQ, 4, 1 / 3),
+                         "stage_2": stage("virtual", SEQ, 4, 1 / 3, virtual_length_max=16.0)}
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+        trainer.train()
+    exits = [r for r in trainer.history if r.get("event") == "stage" and "from" in r]
+    assert [r["from"] for r in exits] == ["early", "middle"] and all(r["far_accuracy"] < 0.985 for r in exits)
+    warned = [r.getMessage() for r in caplog.records if "leaves its first stage" in r.getMessage()]
+    assert len(warned) == 1 and "(early)" in warned[0]
+
+
 def test_the_weight_average_resumes_exactly_and_exports_as_model_ema(tmp_path, caplog):
     """The average is checkpointed: a run that crashed after its checkpoint at step 4 and resumed ends with the
     average of an uninterrupted run. A checkpoint written without it starts the average from its weights (with a
