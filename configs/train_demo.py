@@ -125,7 +125,7 @@ def get_config(variant: str = ""):
         # opens a fresh segment and the second is predicted from there, as at every evaluation length (multiples
         # of the segment). The recipe trains that case in 6% of its batches (answer_boundary_share 0.3 x one digit
         # of five). Thirteenth session, CPU, one run (K0): 31 -> 43 of 44 aligned 8K prompts and 36 -> 42 of 44 at
-        # 32K after 60 steps; 60 steps of the recipe's own mix instead: 28 of 44 at 8K. P2: 27 -> 37 of 44 at 8K.
+        # 32K after 60 steps; 60 steps of the recipe's own mix instead: 28 of 44 at 8K. P2: 27 -> 37 (mix: 26) at 8K.
         # Not yet measured at 128K-16M: evaluate before using it.
         c.init_from = config_dict.placeholder(str)  # required: the export to fine-tune (its numerics: XLA / fp32)
         c.require_init_from = True  # without init_from the job stops with an error naming it
