@@ -286,6 +286,7 @@ class Trainer:
         # The weight average (train_ema.py): a read-out beside the state, never part of the update.
         self.ema_decay = check_ema_decay(self.optim.ema_decay)
         self.ema = init_ema(self.state[0]) if self.ema_decay else None
+        self._ema_decay_scalar = jnp.float32(self.ema_decay)  # made once, not at every step
 
         self.step = 0
         self.rng = np.random.default_rng(int(_cfg_get(config, "data_seed", 1)))
@@ -611,15 +612,15 @@ class Trainer:
         logging.warning("The run leaves its first stage (%s) at step %d with a far-needle training accuracy of %.3f, "
                         "below %.3f: of the demo-recipe runs that left it so, 10 of 11 missed the long-context "
                         "targets, and 4 of the 9 above it too (a threshold chosen on those runs; docs/training.md, "
-                        "thirteenth session). Training goes on; stopping now and starting "
-                        "a re-run (another seed, or the same: GPU training is not bit-reproducible) saves the rest of "
-                        "the budget.", event["from"], event["step"], accuracy, FIRST_STAGE_EXIT_WARNING)
+                        "thirteenth session). Training goes on; stopping now and starting a re-run (another seed, "
+                        "or the same: GPU training is not bit-reproducible) saves the rest of the budget.",
+                        event["from"], event["step"], accuracy, FIRST_STAGE_EXIT_WARNING)
 
     def _update(self, batch, lr_arr):
         """One train step, then the weight average when kept. Returns (state, metrics)."""
         state, metrics = self._step_fn(self.state, batch, lr_arr)
         if self.ema is not None:
-            self.ema = update_ema(self.ema, state[0], jnp.float32(self.ema_decay))
+            self.ema = update_ema(self.ema, state[0], self._ema_decay_scalar)
         return state, metrics
 
     def train(self, stop_at_step: int | None = None, save_at_end: bool = True) -> None:
