@@ -7,6 +7,8 @@
     python main.py --config=configs/train_demo.py:r256 --config.workdir=outputs/train_r256     # the L2 recipe
     python main.py --config=configs/train_demo.py:short_rows --config.workdir=outputs/short    # not yet run
     python main.py --config=configs/train_demo.py:late_options --config.workdir=outputs/late   # sixth session
+    python main.py --config=configs/train_demo.py:n560 --config.workdir=outputs/n560           # 560 s + eval
+    python main.py --config=configs/train_demo.py:weighted_boundary --config.workdir=outputs/wb  # 560 s + eval
     python main.py --config=configs/train_demo.py:cpu_smoke --config.workdir=/tmp/train_smoke   # CPU, seconds
     python main.py --config=configs/train_demo.py:boundary_repair --config.init_from=RUN/model  # 60 steps: a repair
 
@@ -58,7 +60,8 @@ from ml_collections import config_dict
 from configs import train_common
 from configs.train_common import stage
 
-VARIANTS = ("", "xla", "b2", "r256", "short_rows", "late_options", "cpu_smoke", "boundary_repair")
+VARIANTS = ("", "xla", "b2", "r256", "short_rows", "late_options", "n560", "weighted_boundary", "cpu_smoke",
+            "boundary_repair")
 
 
 def b2_recipe():
@@ -103,6 +106,20 @@ def get_config(variant: str = ""):
         if variant == "":
             c.model.attention_impl = "cudnn"
             c.model.memory_precision = "default"
+    elif variant in ("n560", "weighted_boundary"):
+        # The shipped recipe with 560 s and keys cut by a segment boundary instead of keys near one (twelfth and
+        # thirteenth sessions' N runs: 2 of 4 met the targets, seeds 1/2 and 3/4). ``weighted_boundary`` also
+        # puts the answer's first digit at a segment's first position in half of the batches that cut the answer
+        # (15% of all; the recipe: 6%), the case every evaluation length (a multiple of the segment) asks for
+        # (fourteenth session, seeds 0/1, 2/3, 4/5: 100% at 32K-1M on 2/3 and 4/5, 22/22 and 19/22 at 16M; 0/1
+        # 92-98%, the first digit wrong on the varied haystack). Pass --config.seed / --config.data_seed for others.
+        c.seed, c.data_seed = 1, 2
+        c.total_seconds = 560.0
+        c.model.attention_impl = "cudnn"
+        c.model.memory_precision = "default"
+        c.data.needle_boundary_window = 0
+        if variant == "weighted_boundary":
+            c.data.answer_boundary_digits = (0, 0, 0, 0, 1, 2, 3, 4)
     elif variant == "r256":
         # The L2 demo model's recipe (2026-11-29): virtual length up to 256, uniform needle places and keys.
         c.curriculum.stage_2.virtual_length_max = 256.0

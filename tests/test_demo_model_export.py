@@ -82,6 +82,11 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
     for variant in ("r256", "short_rows", "late_options"):  # modify B2's recipe
         got = as_dict(variant)
         assert (got["seed"], got["data_seed"], got["total_seconds"], got["model"]) == (2, 3, 450.0, b2["model"])
+    n560, weighted = as_dict("n560"), as_dict("weighted_boundary")  # the N and the fourteenth session's runs
+    assert set(differences(ours, n560)) == {"total_seconds", "data"} and n560["total_seconds"] == 560.0
+    assert differences(ours["data"], n560["data"]) == {"needle_boundary_window": 0}
+    assert set(differences(n560, weighted)) == {"data"}
+    assert differences(n560["data"], weighted["data"]) == {"answer_boundary_digits": [0, 0, 0, 0, 1, 2, 3, 4]}
     with pytest.raises(ValueError, match="Unknown variant 'fast'"):
         train_demo.get_config("fast")
 
