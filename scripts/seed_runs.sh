@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Several training runs of one recipe side by side, one per GPU, and long evaluations of their exports: how the
+# multi-seed comparisons of docs/training.md were run (one H200 per run).
+#
+#   scripts/seed_runs.sh train CONFIG NAME:GPU:SEED:DATA_SEED ... [-- --config.FLAG=VALUE ...]
+#       trains outputs/NAME with --config.seed / --config.data_seed, on GPU number GPU (CUDA_VISIBLE_DEVICES), all
+#       runs at once; then prints the runs side by side (scripts/training_runs.py). With SESSION_SECONDS=S each run
+#       stops after S training seconds with a checkpoint: run the same command again to go on (time-limited jobs).
+#   scripts/seed_runs.sh eval CONFIG GPU:NAME:SEED[:SEED...] ... [-- --config.FLAG=VALUE ...]
+#       evaluates outputs/NAME/model on GPU number GPU at LENGTHS (default 16M tokens), one invocation per
+#       evaluation seed (22 prompts each: one key per depth and haystack), into outputs/NAME_e<SEED>; queues for
+#       different GPUs run at once. Pool them with scripts/training_runs.py NAME=outputs/NAME,outputs/NAME_e1234,...
+#
+# Environment: OUTPUTS (default outputs), SESSION_SECONDS (train; default 0: the whole budget), LENGTHS (eval; default
+# "(16777216,)"), PYTHON (default python3), TIMEOUT (seconds per invocation; default none). Logs: OUTPUTS/NAME*.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,17p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || usage
+mode=$1 config=$2; shift 2
+specs=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do specs+=("$1"); shift; done
+[ $# -gt 0 ] && shift  # the "--"
+extra=("$@")
+[ ${#specs[@]} -gt 0 ] || usage
+outputs=${OUTPUTS:-outputs}
+python=${PYTHON:-python3}
+mkdir -p "$outputs"
+limit=()
+[ -n "${TIMEOUT:-}" ] && limit=(timeout "$TIMEOUT")
+
+pids=()
+case "$mode" in
+  train)
+    names=()
+    for spec in "${specs[@]}"; do
+      IFS=: read -r name gpu seed data_seed <<< "$spec"
+      [ -n "$name" ] && [ -n "$gpu" ] && [ -n "$seed" ] && [ -n "$data_seed" ] || {
+        echo "Bad run '$spec': write NAME:GPU:SEED:DATA_SEED (e.g. Q2:0:2:3)." >&2; exit 2; }
+      names+=("$name=$outputs/$name")
+      CUDA_VISIBLE_DEVICES=$gpu "${limit[@]}" "$python" main.py --config="$config" --config.workdir="$outputs/$name" \
+        --config.seed="$seed" --config.data_seed="$data_seed" --config.session_seconds="${SESSION_SECONDS:-0}" \
+        "${extra[@]}" > "$outputs/$name.log" 2>&1 &
+      pids+=($!)
+    done
+    ;;
+  eval)
+    for spec in "${specs[@]}"; do
+      IFS=: read -r gpu name seeds <<< "$spec"
+      [ -n "$gpu" ] && [ -n "$name" ] && [ -n "$seeds" ] || {
+        echo "Bad queue '$spec': write GPU:NAME:SEED[:SEED...] (e.g. 1:Q2:1234:1235)." >&2; exit 2; }
+      [ -d "$outputs/$name/model" ] || { echo "$outputs/$name/model does not exist: train $name first." >&2; exit 2; }
+      (
+        for seed in ${seeds//:/ }; do
+          CUDA_VISIBLE_DEVICES=$gpu "${limit[@]}" "$python" main.py --config="$config" \
+            --config.workdir="$outputs/${name}_e$seed" --config.eval_only=True --config.init_from="$outputs/$name/model" \
+            --config.eval.context_lengths="${LENGTHS:-(16777216,)}" --config.eval.num_samples=1 \
+            --config.eval.batch_size=2 --config.eval.seed="$seed" --config.probe.enabled=False "${extra[@]}" \
+            > "$outputs/${name}_e$seed.log" 2>&1 || echo "$name, evaluation seed $seed: failed (see its log)" >&2
+        done
+      ) &
+      pids+=($!)
+    done
+    ;;
+  *) usage ;;
+esac
+
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for log in "$outputs"/*.log; do
+  echo "== $log"
+  grep -E "Curriculum|leaves its first stage|Stopped after|Far-needle|probe|exact match|Misses" "$log" | tail -n 8 || true
+done
+if [ "$mode" = train ] && [ $status = 0 ]; then
+  finished=()
+  for run in "${names[@]}"; do [ -f "${run#*=}/eval/results.jsonl" ] && finished+=("$run"); done
+  if [ ${#finished[@]} = ${#names[@]} ]; then
+    "$python" scripts/training_runs.py "${finished[@]}" || status=1
+  else
+    echo "Not every run has finished (SESSION_SECONDS): run the same command again to go on."
+  fi
+fi
+exit $status
