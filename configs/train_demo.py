@@ -22,10 +22,11 @@ six runs of it on an H200 (seeds 0/1 to 5/6; tenth, eleventh and thirteenth sess
 seeds 2/3 and 3/4 gave 98.1-100% and 99.4-100% at 32K-1M, the latter 66 of 66 at 16M (the targets met), and with
 560 s and ``--config.data.needle_boundary_window=0`` (train keys cut by a segment boundary, not keys near one) 2 of 4
 runs met the targets (seeds 1/2 and 3/4; both runs on seeds 2/3 missed, one at 16M, one at 79-82%; twelfth and
-thirteenth sessions).
+thirteenth sessions; ``:n560``). That with the first digit opening the segment weighted (``:weighted_boundary``)
+gave 100% at 32K-1M on seeds 2/3 and 4/5 (16M: 19 and 22 of 22) and 92-98% on seeds 0/1 (fourteenth session).
 Budgets are in seconds of training, so another GPU takes another number of steps, and a re-run is a new draw: GPU
 training is not bit-reproducible (``--config.deterministic=True`` is, with a step budget, at 1.9x lower throughput).
-The job warns when a run leaves its first stage with a far-needle accuracy below 0.985 (10 of the 11 runs that did
+The job warns when a run leaves its first stage with a far-needle accuracy below 0.985 (12 of the 13 runs that did
 missed the targets), when the closing far-needle accuracy is below 0.99, and runs the probes of
 ``infini_jax/train_probe.py`` (``probe.json``): the virtual-length probe (aligned 8K prompts, haystack writes x 128;
 every run below 0.98 missed the targets) and the cut-key probe (8K prompts whose key a segment boundary cuts; 19 of
