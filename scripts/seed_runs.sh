@@ -14,9 +14,10 @@
 # Environment: OUTPUTS (default outputs), SESSION_SECONDS (train; default 0: the whole budget), LENGTHS (eval; default
 # "(16777216,)"), PYTHON (default python3), TIMEOUT (seconds per invocation; default none). Logs: OUTPUTS/NAME*.log.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(realpath "$0")
+cd "$(dirname "$self")/.."
 
-usage() { sed -n '2,17p' "$0" >&2; exit 2; }
+usage() { sed -n '2,15p' "$self" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 mode=$1 config=$2; shift 2
 specs=()
@@ -30,40 +31,54 @@ mkdir -p "$outputs"
 limit=()
 [ -n "${TIMEOUT:-}" ] && limit=(timeout "$TIMEOUT")
 
+# Every spec is checked before anything starts, so that a bad one leaves no run behind.
+for spec in "${specs[@]}"; do
+  case "$mode" in
+    train)
+      IFS=: read -r name gpu seed data_seed <<< "$spec"
+      [ -n "$name" ] && [ -n "$gpu" ] && [ -n "$seed" ] && [ -n "$data_seed" ] || {
+        echo "Bad run '$spec': write NAME:GPU:SEED:DATA_SEED (e.g. Q2:0:2:3)." >&2; exit 2; } ;;
+    eval)
+      IFS=: read -r gpu name seeds <<< "$spec"
+      [ -n "$gpu" ] && [ -n "$name" ] && [ -n "$seeds" ] || {
+        echo "Bad queue '$spec': write GPU:NAME:SEED[:SEED...] (e.g. 1:Q2:1234:1235)." >&2; exit 2; }
+      [ -d "$outputs/$name/model" ] || {
+        echo "$outputs/$name/model does not exist: train $name first." >&2; exit 2; } ;;
+    *) usage ;;
+  esac
+done
+
 pids=()
 case "$mode" in
   train)
     names=()
     for spec in "${specs[@]}"; do
       IFS=: read -r name gpu seed data_seed <<< "$spec"
-      [ -n "$name" ] && [ -n "$gpu" ] && [ -n "$seed" ] && [ -n "$data_seed" ] || {
-        echo "Bad run '$spec': write NAME:GPU:SEED:DATA_SEED (e.g. Q2:0:2:3)." >&2; exit 2; }
       names+=("$name=$outputs/$name")
-      CUDA_VISIBLE_DEVICES=$gpu "${limit[@]}" "$python" main.py --config="$config" --config.workdir="$outputs/$name" \
-        --config.seed="$seed" --config.data_seed="$data_seed" --config.session_seconds="${SESSION_SECONDS:-0}" \
-        "${extra[@]}" > "$outputs/$name.log" 2>&1 &
+      CUDA_VISIBLE_DEVICES=$gpu ${limit[@]+"${limit[@]}"} "$python" main.py --config="$config" \
+        --config.workdir="$outputs/$name" --config.seed="$seed" --config.data_seed="$data_seed" \
+        --config.session_seconds="${SESSION_SECONDS:-0}" ${extra[@]+"${extra[@]}"} > "$outputs/$name.log" 2>&1 &
       pids+=($!)
     done
     ;;
   eval)
     for spec in "${specs[@]}"; do
       IFS=: read -r gpu name seeds <<< "$spec"
-      [ -n "$gpu" ] && [ -n "$name" ] && [ -n "$seeds" ] || {
-        echo "Bad queue '$spec': write GPU:NAME:SEED[:SEED...] (e.g. 1:Q2:1234:1235)." >&2; exit 2; }
-      [ -d "$outputs/$name/model" ] || { echo "$outputs/$name/model does not exist: train $name first." >&2; exit 2; }
       (
+        failed=0
         for seed in ${seeds//:/ }; do
-          CUDA_VISIBLE_DEVICES=$gpu "${limit[@]}" "$python" main.py --config="$config" \
-            --config.workdir="$outputs/${name}_e$seed" --config.eval_only=True --config.init_from="$outputs/$name/model" \
-            --config.eval.context_lengths="${LENGTHS:-(16777216,)}" --config.eval.num_samples=1 \
-            --config.eval.batch_size=2 --config.eval.seed="$seed" --config.probe.enabled=False "${extra[@]}" \
-            > "$outputs/${name}_e$seed.log" 2>&1 || echo "$name, evaluation seed $seed: failed (see its log)" >&2
+          CUDA_VISIBLE_DEVICES=$gpu ${limit[@]+"${limit[@]}"} "$python" main.py --config="$config" \
+            --config.workdir="$outputs/${name}_e$seed" --config.eval_only=True \
+            --config.init_from="$outputs/$name/model" --config.eval.context_lengths="${LENGTHS:-(16777216,)}" \
+            --config.eval.num_samples=1 --config.eval.batch_size=2 --config.eval.seed="$seed" \
+            --config.probe.enabled=False ${extra[@]+"${extra[@]}"} > "$outputs/${name}_e$seed.log" 2>&1 || {
+            echo "$name, evaluation seed $seed: failed (see $outputs/${name}_e$seed.log)" >&2; failed=1; }
         done
+        exit $failed
       ) &
       pids+=($!)
     done
     ;;
-  *) usage ;;
 esac
 
 status=0

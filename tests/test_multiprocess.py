@@ -34,7 +34,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 FIXTURE = ROOT / "tests" / "data" / "nanotron_A"
-JOB_TIMEOUT_S = 40  # per layout; a hung job (e.g. a process that never joins) is killed
+# Per layout; a hung job (e.g. a process that never joins) is killed. Generous: four processes share two CPU cores
+# in CI, and on a loaded machine (other jobs beside the suite) a 40 s limit killed a healthy 4-process layout.
+JOB_TIMEOUT_S = 120
 BIND_ERRORS = ("Address already in use", "Failed to bind", "address in use")
 
 sys.path.insert(0, str(WORKER.parent))

@@ -23,17 +23,18 @@ def _run(*args: str, outputs: Path, **env: str) -> subprocess.CompletedProcess:
 def test_seed_runs_trains_in_two_invocations_then_evaluates_the_export(tmp_path):
     outputs = tmp_path / "outputs"
     # cpu_smoke has a step budget; a tiny session length stops the run at its first log line (step 2 of 8).
-    first = _run("train", SMOKE, "S1:0:3:4", outputs=outputs, SESSION_SECONDS="0.001")
+    flags = ("--", "--config.optim.lr=0.002")  # passed on to main.py
+    first = _run("train", SMOKE, "S1:0:3:4", *flags, outputs=outputs, SESSION_SECONDS="0.001")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "run the same command again" in first.stdout
     assert not (outputs / "S1" / "model").exists()
-    second = _run("train", SMOKE, "S1:0:3:4", outputs=outputs)
+    second = _run("train", SMOKE, "S1:0:3:4", *flags, outputs=outputs)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "| S1 |" in second.stdout  # scripts/training_runs.py's table
     log = (outputs / "S1.log").read_text()
     assert "Resumed from step 2" in log
     config = json.loads((outputs / "S1" / "model" / "training_config.json").read_text())["config"]
-    assert (config["seed"], config["data_seed"]) == (3, 4)
+    assert (config["seed"], config["data_seed"], config["optim"]["lr"]) == (3, 4, 0.002)
 
     evaluated = _run("eval", SMOKE, "0:S1:7", outputs=outputs, LENGTHS="(512,)")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -41,8 +42,16 @@ def test_seed_runs_trains_in_two_invocations_then_evaluates_the_export(tmp_path)
     assert {r["context_length"] for r in rows} == {512} and len(rows) == 4  # 2 depths x 2 haystacks x 1 key
 
 
-def test_seed_runs_rejects_a_malformed_run_and_a_missing_export(tmp_path):
-    bad = _run("train", SMOKE, "S1:0:3", outputs=tmp_path)
+def test_seed_runs_rejects_a_malformed_run_and_a_missing_export_before_starting_anything(tmp_path):
+    bad = _run("train", SMOKE, "S1:0:3:4", "S2:0:3", outputs=tmp_path)  # the second spec lacks its data seed
     assert bad.returncode == 2 and "NAME:GPU:SEED:DATA_SEED" in bad.stderr
+    assert not (tmp_path / "S1.log").exists()  # the good first run was not started either
     missing = _run("eval", SMOKE, "0:nope:1234", outputs=tmp_path)
     assert missing.returncode == 2 and "train nope first" in missing.stderr
+
+
+def test_seed_runs_eval_fails_when_an_evaluation_fails(tmp_path):
+    (tmp_path / "S1" / "model").mkdir(parents=True)  # not a model: main.py stops with an error
+    failed = _run("eval", SMOKE, "0:S1:1234:1235", outputs=tmp_path)
+    assert failed.returncode == 1
+    assert "S1, evaluation seed 1234: failed" in failed.stderr and "seed 1235: failed" in failed.stderr
