@@ -23,7 +23,7 @@ def _run(*args: str, outputs: Path, **env: str) -> subprocess.CompletedProcess:
 def test_seed_runs_trains_in_two_invocations_then_evaluates_the_export(tmp_path):
     outputs = tmp_path / "outputs"
     # cpu_smoke has a step budget; a tiny session length stops the run at its first log line (step 2 of 8).
-    flags = ("--", "--config.optim.lr=0.002")  # passed on to main.py
+    flags = ("--", "--config.optim.lr=0.002", "--config.probe.enabled=False")  # passed on to main.py
     first = _run("train", SMOKE, "S1:0:3:4", *flags, outputs=outputs, SESSION_SECONDS="0.001")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "run the same command again" in first.stdout
