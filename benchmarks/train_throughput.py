@@ -7,7 +7,7 @@
 The default budget (--budget_s 400) is checked before each variant; each one compiles one train step per stage
 shape (three for the demo recipe).
 
-A training run has a time budget (the demo recipe: 380 s), so its steps per second decide how far it trains, and
+A training run has a time budget (the demo recipe: 560 s), so its steps per second decide how far it trains, and
 more steps helped every seed the project tried (docs/training.md). For each variant (``attention_impl`` /
 ``memory_precision``: "xla" or "cudnn" attention inside segments, memory einsums "highest" (fp32), "bf16_3x" or
 "default" (one pass)) and each stage shape of the config's curriculum it records, per step of ``Trainer``'s own

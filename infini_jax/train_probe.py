@@ -13,16 +13,16 @@ Why: the training log's far-needle accuracy averages over rows where the answer 
 over short virtual lengths, and it did not tell apart the demo runs that met the long-context targets from
 some that failed (docs/training.md, eighth session: W1 ended at 0.996 and answered 62.7% at 1M). On the fourteen
 GPU-trained demo models of sessions five to eight (CPU, fp32, the default settings) every model below 98% at
-r = 128 had missed the targets (9 of 9; 16 of 16 with the runs of sessions nine to fourteen probed in training); of
-the 15 at or above it by the fourteenth session, 9 met them. Necessary, not sufficient: 88 prompts cannot resolve 99%.
+r = 128 had missed the targets (9 of 9; 16 of 16 with the runs of sessions nine to fifteen probed in training); of
+the 17 at or above it by the fifteenth session, 11 met them. Necessary, not sufficient: 88 prompts cannot resolve 99%.
 Per r it runs ``haystacks x depths`` forward calls of ``keys_per_cell`` rows (22 x 4 by default); each computes the
 logits of the key's positions only.
 
 The cut-key probe (``cut_key_places``, ``cut_key_probe``; ``probe.cut_keys_per_place``) reads keys whose first copy a
 segment boundary cuts, on plain prompts of the same length: the near misses of the eleventh session's runs were such
-keys, at 8K as at 128K. Of the 31 demo runs probed (CPU, fp32, 8K, 120 prompts; the job's own reading since the
+keys, at 8K as at 128K. Of the 33 demo runs probed (CPU, fp32, 8K, 120 prompts; the job's own reading since the
 thirteenth session), 19 of the 21 below 0.975 missed the targets (the two others met them at 32K-1M, F3 at 16M
-too) and 7 of the 10 at or above it met them (docs/training.md, eleventh to fourteenth sessions).
+too) and 9 of the 12 at or above it met them (docs/training.md, eleventh to fifteenth sessions).
 """
 
 from __future__ import annotations
@@ -302,8 +302,8 @@ def run_probe(config, model: InfiniLlama, tokenizer, workdir: str | os.PathLike,
     cut = result.get("cut_key")
     if cut is not None and cut["num_samples"] and cut["exact_match"] < probe.cut_key_min_exact_match:
         logging.warning("Cut-key probe (%d-token prompts whose key's first copy a segment boundary cuts, %d places): "
-                        "exact match %.4f (%d prompts), below %.3f. Of the 31 demo runs probed so, 19 of the 21 below "
-                        "0.975 missed the targets at 32K-16M (docs/training.md, fourteenth session); read this model's "
+                        "exact match %.4f (%d prompts), below %.3f. Of the 33 demo runs probed so, 19 of the 21 below "
+                        "0.975 missed the targets at 32K-16M (docs/training.md, fifteenth session); read this model's "
                         "evaluation before using it.", cut["context_length"], len(cut["places"]),
                         cut["exact_match"], cut["num_samples"], probe.cut_key_min_exact_match)
     elif cut is not None and cut["num_samples"]:

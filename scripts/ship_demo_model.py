@@ -1,7 +1,7 @@
 """Makes a trained run's export the shipped demo model (``infini_jax/assets/demo_model``, or ``--dest``).
 
-    python scripts/ship_demo_model.py outputs/train_demo/model --name K1 \
-        --results runs/K1_eval/eval/results.jsonl runs/K1_16M/eval/results.jsonl \
+    python scripts/ship_demo_model.py outputs/train_demo/model --name Q3 \
+        --results runs/Q3_eval/eval/results.jsonl runs/Q3_16M/eval/results.jsonl \
         --note "the training job's evaluation on one H200 with the weights in nanotron's numerics"
 
 What it writes, from the training job's ``workdir/model`` (``model_card.json`` with ``"trained": true``):

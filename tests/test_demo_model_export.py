@@ -46,8 +46,9 @@ def test_demo_model_is_trained_and_exports_to_nanotron_with_identical_generation
 
 def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_earlier_ones():
     """configs/train_demo.py holds the shipped model's recipe (its training_config.json, up to where and how the
-    run was written and evaluated); ``xla`` differs only in the numerics, ``b2`` is the previous demo model's recipe
-    (B2) and ``r256`` the one before (L2)."""
+    run was written and evaluated); ``weighted_boundary`` is its name, ``xla`` differs only in the numerics, ``k1``
+    and ``n560`` are the recipe before it (K1, the demo model of the eleventh to fourteenth sessions) and the step
+    between, ``b2`` is the demo model before K1 (B2) and ``r256`` the one before that (L2)."""
     from configs import train_demo
     from infini_jax.train_schedule import stages_from_config
 
@@ -56,8 +57,11 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
     for key in ("seed", "data_seed", "total_seconds", "total_steps", "model", "optim", "loss", "curriculum", "data",
                 "init_std", "stop_gradient_between_segments", "tokenizer"):
         assert _without_later_options(ours[key], shipped[key]) == shipped[key], key
+    assert (ours["seed"], ours["data_seed"], ours["total_seconds"]) == (3, 4, 560.0)
     assert ours["curriculum"]["stage_2"]["virtual_length_max"] == 2048.0
     assert (ours["model"]["attention_impl"], ours["model"]["memory_precision"]) == ("cudnn", "default")
+    assert ours["data"]["needle_boundary_window"] == 0
+    assert ours["data"]["answer_boundary_digits"] == [0, 0, 0, 0, 1, 2, 3, 4]
 
     def as_dict(variant):
         return json.loads(json.dumps(train_demo.get_config(variant).to_dict()))
@@ -65,11 +69,17 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
     def differences(a, b):
         return {k: b[k] for k in a if a[k] != b[k]}
 
+    assert as_dict("weighted_boundary") == ours
     portable = as_dict("xla")  # the same recipe in XLA numerics
     assert set(differences(ours, portable)) == {"model"}
     assert differences(ours["model"], portable["model"]) == {"attention_impl": "xla", "memory_precision": "highest"}
-    b2 = as_dict("b2")  # B2: the K recipe is B2's with other numerics, seeds and budget
-    assert set(differences(ours, b2)) == {"model", "seed", "data_seed", "total_seconds"}
+    n560, k1 = as_dict("n560"), as_dict("k1")  # the N runs (twelfth, thirteenth sessions) and K1 (tenth)
+    assert set(differences(ours, n560)) == {"seed", "data_seed", "data"} and (n560["seed"], n560["data_seed"]) == (1, 2)
+    assert differences(ours["data"], n560["data"]) == {"answer_boundary_digits": []}  # () = every digit alike
+    assert set(differences(n560, k1)) == {"total_seconds", "data"} and k1["total_seconds"] == 380.0
+    assert differences(n560["data"], k1["data"]) == {"needle_boundary_window": 8}
+    b2 = as_dict("b2")  # B2: the K1 recipe is B2's with other numerics, seeds and budget
+    assert set(differences(k1, b2)) == {"model", "seed", "data_seed", "total_seconds"}
     assert (b2["seed"], b2["data_seed"], b2["total_seconds"]) == (2, 3, 450.0)
     assert b2["model"] == portable["model"]
     previous = train_demo.get_config("r256")
@@ -82,11 +92,6 @@ def test_train_demo_config_is_the_shipped_models_recipe_and_its_variants_the_ear
     for variant in ("r256", "short_rows", "late_options"):  # modify B2's recipe
         got = as_dict(variant)
         assert (got["seed"], got["data_seed"], got["total_seconds"], got["model"]) == (2, 3, 450.0, b2["model"])
-    n560, weighted = as_dict("n560"), as_dict("weighted_boundary")  # the N and the fourteenth session's runs
-    assert set(differences(ours, n560)) == {"total_seconds", "data"} and n560["total_seconds"] == 560.0
-    assert differences(ours["data"], n560["data"]) == {"needle_boundary_window": 0}
-    assert set(differences(n560, weighted)) == {"data"}
-    assert differences(n560["data"], weighted["data"]) == {"answer_boundary_digits": [0, 0, 0, 0, 1, 2, 3, 4]}
     with pytest.raises(ValueError, match="Unknown variant 'fast'"):
         train_demo.get_config("fast")
 
