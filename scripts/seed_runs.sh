@@ -8,16 +8,19 @@
 #       stops after S training seconds with a checkpoint: run the same command again to go on (time-limited jobs).
 #   scripts/seed_runs.sh eval CONFIG GPU:NAME:SEED[:SEED...] ... [-- --config.FLAG=VALUE ...]
 #       evaluates outputs/NAME/model on GPU number GPU at LENGTHS (default 16M tokens), one invocation per
-#       evaluation seed (22 prompts each: one key per depth and haystack), into outputs/NAME_e<SEED>; queues for
-#       different GPUs run at once. Pool them with scripts/training_runs.py NAME=outputs/NAME,outputs/NAME_e1234,...
+#       evaluation seed (KEYS keys per depth and haystack, default 3: 66 prompts), into outputs/NAME_e<SEED>;
+#       queues for different GPUs run at once. Pool them with
+#       scripts/training_runs.py NAME=outputs/NAME,outputs/NAME_e1234,...
 #
 # Environment: OUTPUTS (default outputs), SESSION_SECONDS (train; default 0: the whole budget), LENGTHS (eval; default
-# "(16777216,)"), PYTHON (default python3), TIMEOUT (seconds per invocation; default none). Logs: OUTPUTS/NAME*.log.
+# "(16777216,)"), KEYS (eval; default 3, one generate call of 2 x KEYS prompts per depth: at 16M 2.3 s per prompt on
+# an H200 against 3.7 with 1), PYTHON (default python3), TIMEOUT (seconds per invocation; default none). Logs:
+# OUTPUTS/NAME*.log. The first key of a cell does not depend on KEYS, so KEYS=1 results resume into a KEYS=3 run.
 set -euo pipefail
 self=$(realpath "$0")
 cd "$(dirname "$self")/.."
 
-usage() { sed -n '2,15p' "$self" >&2; exit 2; }
+usage() { sed -n '2,18p' "$self" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 mode=$1 config=$2; shift 2
 specs=()
@@ -30,6 +33,8 @@ python=${PYTHON:-python3}
 mkdir -p "$outputs"
 limit=()
 [ -n "${TIMEOUT:-}" ] && limit=(timeout "$TIMEOUT")
+keys=${KEYS:-3}
+case "$keys" in ''|*[!0-9]*|0) echo "KEYS=$keys: write a positive number of keys per depth and haystack." >&2; exit 2 ;; esac
 
 # Every spec is checked before anything starts, so that a bad one leaves no run behind.
 for spec in "${specs[@]}"; do
@@ -70,7 +75,7 @@ case "$mode" in
           CUDA_VISIBLE_DEVICES=$gpu ${limit[@]+"${limit[@]}"} "$python" main.py --config="$config" \
             --config.workdir="$outputs/${name}_e$seed" --config.eval_only=True \
             --config.init_from="$outputs/$name/model" --config.eval.context_lengths="${LENGTHS:-(16777216,)}" \
-            --config.eval.num_samples=1 --config.eval.batch_size=2 --config.eval.seed="$seed" \
+            --config.eval.num_samples="$keys" --config.eval.batch_size=$((2 * keys)) --config.eval.seed="$seed" \
             --config.probe.enabled=False ${extra[@]+"${extra[@]}"} > "$outputs/${name}_e$seed.log" 2>&1 || {
             echo "$name, evaluation seed $seed: failed (see $outputs/${name}_e$seed.log)" >&2; failed=1; }
         done

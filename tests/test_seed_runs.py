@@ -36,10 +36,10 @@ def test_seed_runs_trains_in_two_invocations_then_evaluates_the_export(tmp_path)
     config = json.loads((outputs / "S1" / "model" / "training_config.json").read_text())["config"]
     assert (config["seed"], config["data_seed"], config["optim"]["lr"]) == (3, 4, 0.002)
 
-    evaluated = _run("eval", SMOKE, "0:S1:7", outputs=outputs, LENGTHS="(512,)")
+    evaluated = _run("eval", SMOKE, "0:S1:7", outputs=outputs, LENGTHS="(512,)", KEYS="2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = [json.loads(line) for line in (outputs / "S1_e7" / "eval" / "results.jsonl").read_text().splitlines()]
-    assert {r["context_length"] for r in rows} == {512} and len(rows) == 4  # 2 depths x 2 haystacks x 1 key
+    assert {r["context_length"] for r in rows} == {512} and len(rows) == 8  # 2 depths x 2 haystacks x 2 keys
 
 
 def test_seed_runs_rejects_a_malformed_run_and_a_missing_export_before_starting_anything(tmp_path):
@@ -48,6 +48,8 @@ def test_seed_runs_rejects_a_malformed_run_and_a_missing_export_before_starting_
     assert not (tmp_path / "S1.log").exists()  # the good first run was not started either
     missing = _run("eval", SMOKE, "0:nope:1234", outputs=tmp_path)
     assert missing.returncode == 2 and "train nope first" in missing.stderr
+    no_keys = _run("eval", SMOKE, "0:nope:1234", outputs=tmp_path, KEYS="0")
+    assert no_keys.returncode == 2 and "KEYS=0" in no_keys.stderr
 
 
 def test_seed_runs_eval_fails_when_an_evaluation_fails(tmp_path):
